@@ -1,0 +1,226 @@
+"""Fourier Neural Operator (Li et al. 2021) as used by the scaling / transfer-learning study.
+
+Architecture (DESIGN.md section 6), all tensors channels-first (B, C, H, W):
+
+    x (B, in_dim, H, W)
+      -> pointwise lift   Linear(in_dim -> layers[0])
+      -> L Fourier layers: SpectralConv2d(layers[i] -> layers[i+1]) + 1x1 conv, GELU except last
+      -> pointwise Linear(layers[-1] -> fc_dim), GELU, Linear(fc_dim -> out_dim)
+      -> y (B, out_dim, H, W)
+
+Config keys (as published): ``layers`` (list of L+1 widths), ``modes1``/``modes2`` (int or list
+of L), ``fc_dim``, ``in_dim``, ``out_dim`` and the overrides ``mode_cut`` (all modes),
+``embed_cut`` (all widths) and ``fc_cut`` (fc_dim = embed_cut * fc_cut, only with embed_cut).
+
+Speed notes (CPU and GPU):
+- the two retained low-frequency corners (rows [:m1] and [-m1:], columns [:m2] of rfft2) are
+  contracted with ONE batched complex matmul, the weights being stored mode-major so no weight
+  permute/copy happens per step;
+- the FFTs are pruned: rfft along W keeps only m2 columns before the FFT along H, and the
+  inverse only transforms the m2 non-zero columns along H (irfft pads the rest);
+- pointwise layers are plain matmuls on the (B, C, H*W) view: no permutes of activations.
+- under CUDA bf16 autocast the FFTs and the spectral contraction run in float32.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FNOConfigError(ValueError):
+    """The model config is inconsistent, or an input does not fit the model."""
+
+
+def _param(params, key, default=None):
+    """Read ``key`` from a params object (attribute access, YParams, or dict)."""
+    if isinstance(params, dict):
+        return params.get(key, default)
+    try:
+        value = getattr(params, key)
+    except (AttributeError, KeyError):
+        return default
+    return value
+
+
+def _positive(value):
+    """Published overrides are active when > 0; None / missing means off."""
+    return value is not None and value > 0
+
+
+def resolve_config(params):
+    """Effective architecture after the published overrides, as a plain dict.
+
+    Returns dict(in_dim, out_dim, layers (list of L+1 widths), modes1, modes2 (lists of L),
+    fc_dim, dropout). ``params`` is not modified.
+    """
+    layers = _param(params, "layers")
+    modes1 = _param(params, "modes1")
+    modes2 = _param(params, "modes2")
+    if layers is None:
+        width = _param(params, "width")
+        if width is None:
+            raise FNOConfigError("FNO config needs 'layers' (list of widths) or 'width'")
+        if isinstance(modes1, (list, tuple)):
+            n_layers = len(modes1)
+        else:
+            n_layers = int(_param(params, "n_layers", 4))
+        layers = [width] * (n_layers + 1)
+    layers = [int(w) for w in layers]
+    n_layers = len(layers) - 1
+    if n_layers < 1:
+        raise FNOConfigError(f"'layers' must list at least 2 widths, got {layers}")
+
+    def as_list(name, value):
+        if value is None:
+            raise FNOConfigError(f"FNO config needs '{name}'")
+        if isinstance(value, (list, tuple)):
+            value = [int(m) for m in value]
+        else:
+            value = [int(value)] * n_layers
+        if len(value) != n_layers:
+            raise FNOConfigError(f"'{name}' has {len(value)} entries but 'layers' {layers} "
+                                 f"defines {n_layers} Fourier layers")
+        return value
+
+    modes1 = as_list("modes1", modes1)
+    modes2 = as_list("modes2", modes2)
+    fc_dim = _param(params, "fc_dim", 128)
+
+    mode_cut = _param(params, "mode_cut", 0)
+    embed_cut = _param(params, "embed_cut", 0)
+    fc_cut = _param(params, "fc_cut", 0)
+    if _positive(mode_cut):
+        modes1 = [int(mode_cut)] * n_layers
+        modes2 = [int(mode_cut)] * n_layers
+    if _positive(embed_cut):
+        layers = [int(embed_cut)] * (n_layers + 1)
+        if _positive(fc_cut):
+            fc_dim = int(embed_cut * fc_cut)
+
+    cfg = dict(in_dim=int(_param(params, "in_dim")), out_dim=int(_param(params, "out_dim", 1)),
+               layers=layers, modes1=modes1, modes2=modes2, fc_dim=int(fc_dim),
+               dropout=float(_param(params, "dropout", 0.0) or 0.0))
+    bad = {k: v for k, v in cfg.items() if k in ("in_dim", "out_dim", "fc_dim") and v < 1}
+    if bad or min(layers) < 1 or min(modes1 + modes2) < 1:
+        raise FNOConfigError(f"FNO sizes must be positive, got {cfg}")
+    return cfg
+
+
+def count_parameters(cfg):
+    """Closed-form number of real parameters of ``FNO(**cfg)`` (complex weights count twice)."""
+    layers, fc_dim = cfg["layers"], cfg["fc_dim"]
+    n = cfg["in_dim"] * layers[0] + layers[0]                       # lift
+    for cin, cout, m1, m2 in zip(layers, layers[1:], cfg["modes1"], cfg["modes2"]):
+        n += 2 * (2 * m1) * m2 * cin * cout                          # two corners, re+im
+        n += cin * cout + cout                                       # 1x1 conv
+    n += layers[-1] * fc_dim + fc_dim + fc_dim * cfg["out_dim"] + cfg["out_dim"]
+    return n
+
+
+def pointwise(x, weight, bias, residual=None):
+    """1x1 convolution on channels-first data.
+
+    x (B, Cin, H, W), weight (Cout, Cin), bias (Cout,), residual None or (B, Cout, H, W)
+    -> (B, Cout, H, W) = weight @ x + bias [+ residual].
+    """
+    b, cin, h, w = x.shape
+    x3 = x.reshape(b, cin, h * w)
+    if residual is None:
+        out = torch.matmul(weight, x3)
+    else:
+        out = torch.baddbmm(residual.reshape(b, -1, h * w), weight.expand(b, -1, -1), x3)
+    return (out + bias[:, None]).view(b, -1, h, w)
+
+
+class SpectralConv2d(nn.Module):
+    """Fourier layer: rfft2, multiply the retained modes by complex weights, irfft2.
+
+    Keeps rows [:modes1] and [-modes1:] (both signs of the H frequency) and columns
+    [:modes2] of the real FFT along W. Input (B, Cin, H, W) -> output (B, Cout, H, W);
+    needs 2 * modes1 <= H and modes2 <= W // 2 + 1.
+
+    ``weight``: real (2*modes1*modes2, Cin, Cout, 2) = complex weights stored mode-major
+    (row index of the mode first: the [:m1] corner, then the [-m1:] corner), so that the
+    contraction is one batched matmul (modes, B, Cin) @ (modes, Cin, Cout).
+    """
+
+    def __init__(self, in_channels, out_channels, modes1, modes2):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.modes1, self.modes2 = modes1, modes2
+        # Published init: real and imaginary parts ~ U[0, 1/(Cin*Cout)).
+        scale = 1.0 / (in_channels * out_channels)
+        self.weight = nn.Parameter(
+            scale * torch.rand(2 * modes1 * modes2, in_channels, out_channels, 2))
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, modes1={self.modes1}, "
+                f"modes2={self.modes2}")
+
+    def check_size(self, h, w):
+        if 2 * self.modes1 > h or self.modes2 > w // 2 + 1:
+            raise FNOConfigError(
+                f"grid {h}x{w} too small for modes ({self.modes1}, {self.modes2}): need "
+                f"H >= 2*modes1 = {2 * self.modes1} and W//2+1 >= modes2 = {self.modes2}")
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        m1, m2 = self.modes1, self.modes2
+        self.check_size(h, w)
+        dtype = x.dtype
+        # FFT and contraction in float32 even under bf16 autocast.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            # Pruned rfft2: only m2 columns go through the FFT along H.
+            x_ft = torch.fft.rfft(x, dim=-1)[..., :m2]
+            x_ft = torch.fft.fft(x_ft, dim=-2)
+            x_ft = torch.cat([x_ft[:, :, :m1], x_ft[:, :, h - m1:]], dim=2)  # (B,Ci,2m1,m2)
+            # One contraction over both corners: (modes, B, Ci) @ (modes, Ci, Co).
+            x_ft = x_ft.permute(2, 3, 0, 1).reshape(2 * m1 * m2, b, self.in_channels)
+            out = torch.bmm(x_ft, torch.view_as_complex(self.weight))       # (modes, B, Co)
+            out = out.view(2 * m1, m2, b, self.out_channels).permute(2, 3, 0, 1)
+            # Zero-filled spectrum with only the m2 retained columns; irfft pads to W//2+1.
+            out_ft = out.new_zeros(b, self.out_channels, h, m2)
+            out_ft[:, :, :m1] = out[:, :, :m1]
+            out_ft[:, :, h - m1:] = out[:, :, m1:]
+            out_ft = torch.fft.ifft(out_ft, dim=-2)
+            y = torch.fft.irfft(out_ft, n=w, dim=-1)
+        return y.to(dtype)
+
+
+class FNO2d(nn.Module):
+    """FNO of DESIGN.md section 6. forward: (B, in_dim, H, W) -> (B, out_dim, H, W)."""
+
+    def __init__(self, in_dim, out_dim, layers, modes1, modes2, fc_dim, dropout=0.0):
+        super().__init__()
+        self.layers = list(layers)
+        self.fc0 = nn.Linear(in_dim, layers[0])
+        self.sp_convs = nn.ModuleList(
+            SpectralConv2d(ci, co, m1, m2)
+            for ci, co, m1, m2 in zip(layers, layers[1:], modes1, modes2))
+        # 1x1 convs stored as Linear (Cout, Cin) weights and applied channels-first.
+        self.ws = nn.ModuleList(nn.Linear(ci, co) for ci, co in zip(layers, layers[1:]))
+        self.fc1 = nn.Linear(layers[-1], fc_dim)
+        self.fc2 = nn.Linear(fc_dim, out_dim)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.fc0.in_features:
+            raise FNOConfigError(f"FNO expects input (B, {self.fc0.in_features}, H, W), "
+                                 f"got {tuple(x.shape)}")
+        x = pointwise(x, self.fc0.weight, self.fc0.bias)
+        last = len(self.ws) - 1
+        for i, (spconv, w) in enumerate(zip(self.sp_convs, self.ws)):
+            x = pointwise(x, w.weight, w.bias, residual=spconv(x))
+            if i != last:
+                x = F.gelu(x)
+            x = self.dropout(x)
+        x = self.dropout(F.gelu(pointwise(x, self.fc1.weight, self.fc1.bias)))
+        return self.dropout(pointwise(x, self.fc2.weight, self.fc2.bias))
+
+
+def fno(params):
+    """Build the FNO from a params object (YParams, namespace or dict); see resolve_config."""
+    cfg = resolve_config(params)
+    return FNO2d(**cfg)

@@ -1,0 +1,242 @@
+"""Sweeps: trial naming, grid expansion, local runner (resume), W&B trial settings under DDP."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from utils import sweeps
+from utils.sweeps import LocalSweep, SweepError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- names, files
+def test_trial_names_stable_and_safe():
+    assert sweeps.trial_name({"lr": 1e-3, "subsample": 16}) == "lr1em3_s16"
+    # order of the settings does not matter; lr and subsample lead, others sorted
+    assert sweeps.trial_name({"subsample": 4096, "lr": 5e-5}) == "lr5em5_s4096"
+    assert sweeps.trial_name({"embed_cut": 32, "subsample": 1, "lr": 2.5e-4,
+                              "act": "gelu x/y"}) == "lr2p5em4_s1_actgelu-x-y_embedcut32"
+    names = {sweeps.trial_name({"lr": lr, "subsample": s})
+             for lr in (1e-5, 5e-5, 1e-4, 5e-4, 1e-3) for s in (1, 2, 4)}
+    assert len(names) == 15
+    assert all(n.replace("_", "").isalnum() for n in names)
+
+
+@pytest.mark.parametrize("v", [1e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e20, 0.5, 3, True, None,
+                               "poisson", [1, 2], np.float64(3.1e-5), np.int64(8)])
+def test_yaml_text_round_trips_through_set_parser(v):
+    # train.py parses --set values with yaml.safe_load; PyYAML reads '1e-05' as a string
+    assert yaml.safe_load(sweeps.yaml_text(v)) == v
+
+
+def test_published_grid():
+    cfg = sweeps.load_sweep(os.path.join(REPO, "configs", "sweep_config.yaml"))
+    assert cfg["method"] == "grid"
+    assert cfg["metric"] == {"name": "best_val_rel_l2", "goal": "minimize"}
+    trials = sweeps.expand_grid(cfg)
+    assert len(trials) == 65
+    assert sorted({t["lr"] for t in trials}) == [1e-5, 5e-5, 1e-4, 5e-4, 1e-3]
+    assert sorted({t["subsample"] for t in trials}) == [2 ** k for k in range(13)]
+    assert all(isinstance(t["lr"], float) for t in trials)
+    assert len({sweeps.trial_name(t) for t in trials}) == 65
+
+
+def test_sweep_file_errors(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("method: grid\nparameters:\n  lr:\n    distribution: uniform\n")
+    with pytest.raises(SweepError, match="needs `value` or `values`"):
+        sweeps.load_sweep(str(bad))
+    bad.write_text("method: hyperband\nparameters:\n  lr: {values: [1]}\n")
+    with pytest.raises(SweepError, match="not one of"):
+        sweeps.load_sweep(str(bad))
+    # numbers written without a dot (YAML 1.1 strings) are read as W&B reads them
+    bad.write_text("parameters:\n  lr: {values: [1e-5, 1E-3]}\n")
+    assert sweeps.expand_grid(sweeps.load_sweep(str(bad))) == [{"lr": 1e-5}, {"lr": 1e-3}]
+    p = subprocess.run([sys.executable, "utils/sweeps.py", "--sweep", str(tmp_path / "no.yaml"),
+                        "--yaml_config", "x.yaml", "--config", "c", "--root_dir",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: sweep file not found: {tmp_path / 'no.yaml'}"
+
+
+# ----------------------------------------------------------------------------- local runner
+FAKE_TRAIN = r'''
+import argparse, json, os, sys, yaml
+p = argparse.ArgumentParser()
+for a in ("--yaml_config", "--config", "--run_num", "--root_dir", "--weights"):
+    p.add_argument(a)
+p.add_argument("--set", action="append", default=[])
+a = p.parse_args()
+s = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.set)}
+run = os.path.join(a.root_dir, "expts", a.config, a.run_num)
+with open(os.path.join(a.root_dir, "calls.log"), "a") as f:
+    f.write(f"{os.path.basename(sys.argv[0])} {a.run_num} {sorted(s)}\n")
+if os.environ.get("FAKE_FAIL") == os.path.basename(sys.argv[0]) + ":" + a.run_num:
+    sys.exit(3)
+if os.path.basename(sys.argv[0]) == "train.py":
+    assert isinstance(s["lr"], float) and s["epochs"] == 2
+    os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+    open(os.path.join(run, "checkpoints", "ckpt_best.tar"), "w").write("w")
+    json.dump({"n_train": 64 // s["subsample"], "best_val_rel_l2": s["lr"] * s["subsample"],
+               "best_val_loss": 1.0, "best_epoch": 1, "epochs": 2, "n_params": 123},
+              open(os.path.join(run, "train_summary.json"), "w"))
+else:
+    assert "subsample" not in s and a.weights.endswith("ckpt_best.tar")
+    os.makedirs(os.path.join(run, "eval"), exist_ok=True)
+    json.dump({"test_rel_l2_mean": 2 * s["lr"], "test_rel_l2_median": 0.1, "n_test": 8},
+              open(os.path.join(run, "eval", "summary.json"), "w"))
+'''
+
+
+@pytest.fixture
+def fake_repo(tmp_path):
+    """Stand-in train.py / eval.py that record their calls (runner logic only, fast)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text(FAKE_TRAIN)
+    (repo / "eval.py").write_text(FAKE_TRAIN)
+    (repo / "ops.yaml").write_text("base: {lr: 1.0}\n")
+    (repo / "sweep.yaml").write_text(
+        "name: t\nmethod: grid\nmetric: {name: best_val_rel_l2, goal: minimize}\n"
+        "parameters:\n  lr: {values: [1.0e-4, 1.0e-3]}\n  subsample: {values: [1, 2]}\n")
+    return repo
+
+
+def _calls(root):
+    with open(os.path.join(root, "sweeps", "t", "calls.log")) as f:
+        return [line.split()[:2] for line in f]
+
+
+def _results(path):
+    with open(path) as f:
+        return {r["trial"]: r for r in csv.DictReader(f)}
+
+
+def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
+    root = str(tmp_path / "results")
+    cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+
+    def make(jobs=1):
+        return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=2"],
+                          tags=["approach=scratch"], jobs=jobs, repo_root=str(fake_repo))
+
+    # first run: eval of one trial and training of another fail (an interrupted sweep)
+    monkeypatch.setenv("FAKE_FAIL", "eval.py:lr1em3_s1")
+    with monkeypatch.context() as m:
+        m.setattr(LocalSweep, "run_trial", _fail_one(LocalSweep.run_trial, "lr1em4_s2"))
+        path, failed = make().run()
+    assert failed == ["lr1em3_s1", "lr1em4_s2"]
+    rows = _results(path)
+    assert [rows[t]["status"] for t in ("lr1em4_s1", "lr1em4_s2", "lr1em3_s1", "lr1em3_s2")] \
+        == ["done", "failed", "failed", "done"]
+    assert rows["lr1em4_s1"]["n_train"] == "64" and rows["lr1em3_s2"]["n_train"] == "32"
+    assert float(rows["lr1em3_s2"]["best_val_rel_l2"]) == pytest.approx(2e-3)
+    assert float(rows["lr1em3_s2"]["test_rel_l2_mean"]) == pytest.approx(2e-3)
+    assert rows["lr1em3_s2"]["approach"] == "scratch"
+    n_before = len(_calls(root))
+
+    # resume: done trials are skipped, the trained one is only evaluated, the other trained
+    monkeypatch.delenv("FAKE_FAIL")
+    path, failed = make(jobs=2).run()
+    assert failed == []
+    new = sorted(map(tuple, _calls(root)[n_before:]))
+    assert new == [("eval.py", "lr1em3_s1"), ("eval.py", "lr1em4_s2"), ("train.py", "lr1em4_s2")]
+    rows = _results(path)
+    assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 4
+
+    # a third run does nothing
+    make().run()
+    assert len(_calls(root)) == n_before + 3
+
+
+def _fail_one(run_trial, name):
+    def wrapped(self, n, settings):
+        return False if n == name else run_trial(self, n, settings)
+    return wrapped
+
+
+def test_local_runner_user_errors(fake_repo, tmp_path, monkeypatch):
+    cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+    with pytest.raises(SweepError, match="config 'nope' not in"):
+        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "nope", str(tmp_path),
+                   repo_root=str(fake_repo))
+    with pytest.raises(SweepError, match="clashes"):
+        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", str(tmp_path), sets=["lr=1"],
+                   repo_root=str(fake_repo))
+    cfg_random = dict(cfg, method="random")
+    with pytest.raises(SweepError, match="needs --count"):
+        LocalSweep(cfg_random, str(fake_repo / "ops.yaml"), "base", str(tmp_path),
+                   repo_root=str(fake_repo))
+    # random/bayes without W&B's optional `sweeps` engine: one clear error, nothing run
+    monkeypatch.setitem(sys.modules, "sweeps", None)
+    with pytest.raises(SweepError, match="pip install sweeps==0.2.0"):
+        LocalSweep(cfg_random, str(fake_repo / "ops.yaml"), "base", str(tmp_path), count=2,
+                   repo_root=str(fake_repo)).run()
+    assert not os.path.exists(tmp_path / "sweeps" / "t" / "calls.log")
+    with pytest.raises(SweepError, match="not a parameter"):
+        sweeps.override_values(cfg, ["epochs=1,2"])
+    assert sweeps.expand_grid(sweeps.override_values(cfg, ["subsample=4,8"]))[0] == \
+        {"lr": 1e-4, "subsample": 4}
+
+
+# ----------------------------------------------------------------------------- W&B trial, 2 ranks
+DDP_SCRIPT = r'''
+import json, os, sys
+import torch.distributed as dist
+sys.path.insert(0, {repo!r})
+from utils.sweeps import run_wandb_trial
+
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), sys.argv[1]
+
+class FakeRun:   # what wandb.init() returns; only rank 0 may ever create one
+    def __init__(self):
+        with open(os.path.join(out, "init_calls"), "a") as f:
+            f.write(f"{{rank}}\n")
+        self.config = {{"subsample": 16, "lr": 1e-3}} if rank == 0 else {{"lr": -1.0}}
+        self.name = None
+
+def fake_agent(sweep_id, function, count, entity=None, project=None):
+    assert count == 1 and sweep_id == "abc123"
+    with open(os.path.join(out, "agent_calls"), "a") as f:
+        f.write(f"{{rank}}\n")
+    function()
+
+def train_fn(settings, run_dir):
+    with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
+        json.dump({{"settings": settings, "run_dir": run_dir}}, f)
+
+rd = run_wandb_trial("abc123", os.path.join(out, "root"), train_fn, rank=rank,
+                     agent=fake_agent, init=FakeRun)
+# an agent that runs no trial (sweep finished) must not leave rank 1 waiting
+none = run_wandb_trial("abc123", out, train_fn, rank=rank, agent=lambda *a, **k: None,
+                       init=FakeRun)
+with open(os.path.join(out, f"ret{{rank}}.json"), "w") as f:
+    json.dump([rd, none], f)
+dist.destroy_process_group()
+'''
+
+
+def test_wandb_trial_settings_reach_rank1(tmp_path):
+    script = tmp_path / "ddp_trial.py"
+    script.write_text(DDP_SCRIPT.format(repo=REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(script), str(tmp_path)],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    expect_dir = os.path.join(str(tmp_path), "root", "sweeps", "abc123", "lr1em3_s16")
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == {"settings": {"subsample": 16, "lr": 1e-3}, "run_dir": expect_dir}
+        assert json.loads((tmp_path / f"ret{rank}.json").read_text()) == [expect_dir, None]
+    # W&B itself (agent, init) ran on rank 0 only
+    assert (tmp_path / "agent_calls").read_text() == "0\n"
+    assert (tmp_path / "init_calls").read_text() == "0\n"

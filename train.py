@@ -1,0 +1,83 @@
+"""Train an FNO from a YAML config (one process, torchrun, or srun + export_DDP_vars.sh).
+
+    python train.py --yaml_config configs/operators_poisson.yaml --config poisson-demo \
+        --run_num 0 --root_dir results [--set key=value ...]
+    torchrun --standalone --nproc_per_node=4 train.py ...   (same arguments)
+
+Writes {root_dir}/expts/{config}/{run_num}/ (see utils/trainer.py); an existing checkpoint of
+the run is resumed. Exit status: 0 done or stopped by SIGTERM/SIGUSR1 with a checkpoint,
+2 user error (one line on stderr), 1 diverged training (NaN/inf loss).
+"""
+import argparse
+import logging
+import os
+import sys
+
+from utils.malloc_tuning import configure_malloc
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--yaml_config", required=True, help="YAML file with named configs")
+    p.add_argument("--config", required=True, help="config name in the YAML file")
+    p.add_argument("--run_num", default="0", help="run name below expts/{config}/")
+    p.add_argument("--root_dir", default="results", help="root of the run directories")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (value parsed as YAML); repeatable")
+    p.add_argument("--sweep_id", default=None, help="W&B sweep id (one agent trial)")
+    return p
+
+
+def load_params(args):
+    """Config named by the arguments, with the --set overrides applied."""
+    from utils.YParams import YParams, apply_overrides
+
+    params = YParams(args.yaml_config, args.config)
+    apply_overrides(params, args.overrides)
+    return params
+
+
+def run_dir_of(args):
+    return os.path.join(args.root_dir, "expts", args.config, str(args.run_num))
+
+
+def run_training(params, args, run_dir=None):
+    """Train `params` into run_dir (default {root_dir}/expts/{config}/{run_num}); returns the
+    summary dict of Trainer.fit."""
+    from utils.trainer import Trainer
+
+    run_dir = run_dir or run_dir_of(args)
+    trainer = Trainer(params, run_dir, run_name=f"{args.config}_{args.run_num}")
+    return trainer.fit()
+
+
+def main(argv=None):
+    configure_malloc()
+    args = build_parser().parse_args(argv)
+    from utils.logging_utils import config_logger
+    from utils.YParams import UserError
+    from utils.trainer import TrainingDiverged
+    from models.fno import FNOConfigError
+
+    config_logger()
+    try:
+        if args.sweep_id:
+            from utils.YParams import ConfigError
+            raise ConfigError("--sweep_id: W&B sweeps are not available in this version")
+        params = load_params(args)
+        run_training(params, args)
+    except (UserError, FNOConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Data loading: HDF5 splits (DESIGN.md section 4) -> normalised model inputs (section 5).
+
+``get_data_loader(params, location, distributed, train) -> (loader, dataset, sampler)`` is the
+entry point (published signature). Each batch is ``(X, y)``:
+
+- ``X`` float32 (B, 1 + k, n, n): [f, t_0 .. t_{k-1} broadcast to n x n], divided by the
+  per-instance factor s = ||f||_2 * (Lx/n) * (Ly/n) / source_scale, coefficient channels
+  further divided by their scales (DESIGN.md section 5);
+- ``y`` float32 (B, 1, n, n): the solution u, not scaled.
+
+Speed: the DataLoader hands a whole batch of indices to ``PDEDataset.__getitems__``, which reads
+the rows with one HDF5 selection (a slice when the rows are contiguous, as for validation and
+test) and normalises the batch with vectorised numpy; there is no per-sample Python loop. HDF5
+files are opened lazily in each process (fork-safe); ``in_memory: True`` reads the split into
+RAM once instead.
+
+Ordering: the training sampler is a ``DistributedSampler`` in every case (with one process it
+has one replica), seeded with ``seed`` and re-shuffled by ``set_epoch``: W ranks with batch B/W
+see, step for step, exactly the samples one process sees with batch B, and an epoch's order
+does not depend on any global RNG (exact resume). Validation/test samplers split the samples
+into contiguous per-rank shards without padding or dropping, so metrics summed over ranks are
+exact averages over every sample.
+"""
+import logging
+import os
+from itertools import islice
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from utils.YParams import UserError
+
+
+class DataError(UserError):
+    """The data on disk do not fit the config (missing file or key, channels, scales)."""
+
+
+# --------------------------------------------------------------------------------------------
+# file inspection and scales
+# --------------------------------------------------------------------------------------------
+def inspect_h5(path, what="data file"):
+    """Check a split file's layout without reading its arrays.
+
+    Returns dict(n_samples, shape=(H, W), n_tensor) for `fields` (N, 2, H, W) [source, solution]
+    and `tensor` (N, k) (k = 0 when absent). Raises DataError with what was found otherwise.
+    """
+    if not path:
+        raise DataError(f"no {what} given in the config")
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{what} {path} is not a readable HDF5 file ({e})") from e
+    with f:
+        keys = sorted(f.keys())
+        if "fields" not in f:
+            raise DataError(f"{what} {path} has no dataset 'fields' (found: {', '.join(keys) or 'none'})")
+        shape = f["fields"].shape
+        if len(shape) != 4 or shape[1] != 2:
+            raise DataError(f"{what} {path}: 'fields' must be (N, 2, n, n) [source, solution], "
+                            f"found {tuple(shape)}")
+        n_tensor = 0
+        if "tensor" in f:
+            tshape = f["tensor"].shape
+            if len(tshape) != 2 or tshape[0] != shape[0]:
+                raise DataError(f"{what} {path}: 'tensor' must be (N={shape[0]}, k), found {tuple(tshape)}")
+            n_tensor = tshape[1]
+    return dict(n_samples=shape[0], shape=(shape[2], shape[3]), n_tensor=n_tensor)
+
+
+def load_scales(path, n_tensor):
+    """Read a scales file [source, tensor_0 .. tensor_{k-1}, sol, Lx, Ly]; zeros read as 1.
+
+    Returns float64 array of length k + 4. Raises DataError if missing or of the wrong length.
+    """
+    if not path:
+        raise DataError("no scales_path in the config (needed for the per-instance normalisation)")
+    if not os.path.isfile(path):
+        raise DataError(f"scales file not found: {path}")
+    try:
+        scales = np.asarray(np.load(path), dtype=np.float64).ravel()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read scales file {path} ({e})") from e
+    expected = n_tensor + 4
+    if scales.size != expected:
+        raise DataError(f"scales file {path} has {scales.size} entries, expected {expected} "
+                        f"= [source, {n_tensor} tensor, sol, Lx, Ly] for data with {n_tensor} "
+                        f"coefficient columns")
+    if not np.all(np.isfinite(scales)):
+        raise DataError(f"scales file {path} holds non-finite values: {scales.tolist()}")
+    return np.where(scales == 0, 1.0, scales)
+
+
+def normalize_inputs(source, tensor, scales, measure, ref_measure=None):
+    """Per-instance normalisation of DESIGN.md section 5, vectorised over the batch.
+
+    Args:
+        source: (B, H, W) source f on the grid.
+        tensor: (B, k) coefficients t.
+        scales: (k + 4,) [source_scale, tensor_scale_0.., sol_scale, Lx, Ly], zeros read as 1.
+        measure: cell area (Lx/W) * (Ly/H) of this grid.
+        ref_measure: cell area of the grid the scales were computed on (the training grid);
+            None: `measure`. For a test grid of another resolution the norm is rescaled to
+            ||f||_2 * sqrt(measure * ref_measure), which equals the published
+            ||f||_2 * measure on the training grid and keeps the input resolution-independent.
+    Returns:
+        X float32 (B, 1 + k, H, W) = [f, t broadcast] / s, coefficient channels / their scales,
+        with s = ||f||_2 * measure / source_scale (the norm in float64).
+    """
+    if ref_measure is None:
+        ref_measure = measure
+    b, h, w = source.shape
+    k = tensor.shape[1]
+    norm = np.sqrt(np.einsum("bij,bij->b", source, source, dtype=np.float64))
+    s = norm * np.sqrt(measure * ref_measure) / scales[0]
+    s = np.where(s > 0, s, 1.0)  # an all-zero source has nothing to normalise
+    x = np.empty((b, 1 + k, h, w), dtype=np.float32)
+    np.multiply(source, (1.0 / s).astype(np.float32)[:, None, None], out=x[:, 0])
+    coef = (tensor / s[:, None] / scales[1:1 + k]).astype(np.float32)
+    x[:, 1:] = coef[:, :, None, None]
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# dataset
+# --------------------------------------------------------------------------------------------
+class PDEDataset(Dataset):
+    """One split file; `dataset[list_of_indices]` / `__getitems__` return a whole batch.
+
+    Args:
+        params: config (`in_dim`, `scales_path`, `Lx`, `Ly`, `subsample`, `in_memory`, and
+            `train_path` for the reference resolution of val/test files).
+        location: the HDF5 file.
+        train: subsample (every k-th sample, as published: N // k samples) only when True.
+    """
+
+    def __init__(self, params, location, train):
+        self.path = location
+        self.train = train
+        info = inspect_h5(location, "train file" if train else "data file")
+        self.n_total = info["n_samples"]
+        self.img_shape = info["shape"]  # (H, W) = (ny, nx)
+        self.n_tensor = info["n_tensor"]
+        self.in_channels = 1 + self.n_tensor
+        in_dim = params.get("in_dim")
+        if in_dim is not None and int(in_dim) != self.in_channels:
+            raise DataError(f"{location} gives 1 source + {self.n_tensor} coefficient channels = "
+                            f"{self.in_channels} input channels, but the config has in_dim = {in_dim}")
+        self.scales = load_scales(params.get("scales_path"), self.n_tensor)
+        lx, ly = self.scales[-2], self.scales[-1]
+        self.measure = (lx / self.img_shape[1]) * (ly / self.img_shape[0])
+        self.ref_measure = self.measure
+        if not train:
+            ref = _reference_shape(params, self.img_shape)
+            self.ref_measure = (lx / ref[1]) * (ly / ref[0])
+        self.subsample = int(params.get("subsample", 1) or 1) if train else 1
+        if self.subsample < 1:
+            raise DataError(f"subsample must be >= 1, got {self.subsample}")
+        self.n_samples = self.n_total // self.subsample
+        if self.n_samples == 0:
+            raise DataError(f"{location} has {self.n_total} samples; subsample {self.subsample} keeps none")
+        self._file = None
+        self._pid = None
+        self._mem = None
+        if params.get("in_memory", False):
+            self._mem = self._read_rows(np.arange(self.n_samples) * self.subsample)
+        logging.info("data %s: %d samples (of %d, subsample %d), grid %dx%d, %d input channels%s",
+                     location, self.n_samples, self.n_total, self.subsample, self.img_shape[0],
+                     self.img_shape[1], self.in_channels, ", in memory" if self._mem else "")
+
+    def __len__(self):
+        return self.n_samples
+
+    # HDF5 access: opened lazily, once per process (a handle must not cross a fork)
+    def _h5(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def _read_rows(self, rows):
+        """Raw (source (B,H,W), solution (B,1,H,W), tensor (B,k)) float32 for file rows `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        f = self._h5()
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        if len(srt) > 1 and np.unique(srt).size != srt.size:
+            raise ValueError("duplicate indices in one batch")
+        step = int(srt[1] - srt[0]) if len(srt) > 1 else 1
+        if step > 0 and np.all(np.diff(srt) == step):
+            sel = slice(int(srt[0]), int(srt[-1]) + 1, step)  # contiguous / strided: one slice
+        else:
+            sel = srt  # h5py point selection needs increasing indices
+        fields = np.asarray(f["fields"][sel], dtype=np.float32)
+        tensor = (np.asarray(f["tensor"][sel], dtype=np.float32) if self.n_tensor
+                  else np.zeros((len(srt), 0), np.float32))
+        if not np.all(order == np.arange(len(order))):
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order))
+            fields, tensor = fields[inv], tensor[inv]
+        return fields[:, 0], fields[:, 1:2], tensor
+
+    def __getitems__(self, indices):
+        """Batch (X (B, in_dim, H, W), y (B, 1, H, W)) float32 tensors for dataset indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_samples):
+            raise IndexError(f"index out of range for {self.n_samples} samples")
+        if self._mem is not None:
+            src, sol, ten = (a[idx] for a in self._mem)
+        else:
+            src, sol, ten = self._read_rows(idx * self.subsample)
+        x = normalize_inputs(src, ten, self.scales, self.measure, self.ref_measure)
+        return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(sol))
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (list, tuple, np.ndarray)):
+            return self.__getitems__(idx)
+        x, y = self.__getitems__([int(idx)])
+        return x[0], y[0]
+
+
+def _reference_shape(params, own_shape):
+    """Grid (H, W) the scales were computed on: the training file's (its header only)."""
+    train_path = params.get("train_path")
+    if train_path and os.path.isfile(train_path):
+        try:
+            with h5py.File(train_path, "r") as f:
+                return tuple(f["fields"].shape[2:])
+        except (OSError, KeyError):
+            pass
+    logging.warning("train file not readable: normalising with this file's own grid %s", own_shape)
+    return own_shape
+
+
+def _batch_collate(batch):
+    """The dataset already returns a collated batch."""
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# samplers and loader
+# --------------------------------------------------------------------------------------------
+class TrainSampler(DistributedSampler):
+    """DistributedSampler (shuffle, drop_last) that can start an epoch after `start` samples.
+
+    `set_start(n)` skips this rank's first n indices of the current epoch (mid-epoch resume);
+    the order of the rest is unchanged.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, seed):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_start(self, start):
+        self.start = int(start)
+
+    def __iter__(self):
+        return islice(super().__iter__(), self.start, None)
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler):
+    """Contiguous shard `rank` of range(n) split over `world` ranks: no padding, no drops."""
+
+    def __init__(self, n, rank=0, world=1):
+        bounds = np.linspace(0, n, world + 1).round().astype(int)
+        self.lo, self.hi = int(bounds[rank]), int(bounds[rank + 1])
+
+    def __iter__(self):
+        return iter(range(self.lo, self.hi))
+
+    def __len__(self):
+        return self.hi - self.lo
+
+
+def effective_batch_size(batch_size, n_samples, world_size):
+    """Global training batch: at most the training set, a multiple of the world size."""
+    b = min(int(batch_size), n_samples)
+    b -= b % world_size
+    if b < 1:
+        raise DataError(f"{n_samples} training samples cannot fill a batch on {world_size} ranks")
+    if b != int(batch_size):
+        logging.warning("global batch size %d -> %d (%d training samples, %d ranks)",
+                        int(batch_size), b, n_samples, world_size)
+    return b
+
+
+def get_data_loader(params, location, distributed, train=True):
+    """Build the loader of one split.
+
+    Args:
+        params: config (`batch_size`/`valid_batch_size` are GLOBAL; `num_data_workers`, `seed`).
+        location: HDF5 file of the split.
+        distributed: shard over the initialised process group.
+        train: shuffled, subsampled, full batches (drop_last) when True; otherwise every sample
+            once, in file order within each rank's contiguous shard.
+    Returns:
+        (loader, dataset, sampler); call `sampler.set_epoch(e)` before each training epoch.
+    """
+    world = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    dataset = PDEDataset(params, location, train)
+    if train:
+        global_batch = effective_batch_size(params.get("batch_size", 1), len(dataset), world)
+        sampler = TrainSampler(dataset, world, rank, int(params.get("seed", 0) or 0))
+    else:
+        global_batch = int(params.get("valid_batch_size", params.get("batch_size", 1)))
+        sampler = ShardSampler(len(dataset), rank, world)
+    local_batch = max(1, global_batch // world)
+    workers = int(params.get("num_data_workers", 0) or 0)
+    loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=train,
+                        num_workers=workers, collate_fn=_batch_collate,
+                        pin_memory=torch.cuda.is_available(),
+                        persistent_workers=workers > 0)
+    return loader, dataset, sampler

@@ -1,0 +1,189 @@
+"""Losses, error metrics, batched inference and the evaluation of a checkpoint (eval.py).
+
+Loss (as published, `loss_style`):
+  - 'sum':  per-sample sum over pixels of (pred - target)^2, averaged over the batch
+            (published: torch.sum((target - pred)**2) / batch_size);
+  - 'mean': mean over all pixels and samples.
+Both are averages over samples of a per-sample quantity, so DDP's gradient average over W ranks
+of batch B/W equals one process with batch B (the trainer relies on this).
+Relative L2 error of a sample: ||pred - target||_2 / ||target||_2 over its pixels.
+"""
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+
+from utils.YParams import UserError
+
+
+class EvalError(UserError):
+    """Bad eval input (weights file, model/config mismatch)."""
+
+
+def per_sample_loss(pred, target, loss_style="sum"):
+    """(B,) loss of each sample: sum ('sum') or mean ('mean') of squared errors over C, H, W."""
+    sq = (pred.float() - target.float()).pow(2).flatten(1)
+    if loss_style == "sum":
+        return sq.sum(dim=1)
+    if loss_style == "mean":
+        return sq.mean(dim=1)
+    raise ValueError(f"unknown loss_style '{loss_style}' (expected 'sum' or 'mean')")
+
+
+def batch_loss(pred, target, loss_style="sum"):
+    """Training loss of a batch: the mean over its samples of `per_sample_loss`."""
+    return per_sample_loss(pred, target, loss_style).mean()
+
+
+def rel_l2(pred, target):
+    """(B,) relative L2 error ||pred - target|| / ||target|| per sample (float32 inputs)."""
+    diff = (pred.float() - target.float()).flatten(1).pow(2).sum(dim=1)
+    ref = target.float().flatten(1).pow(2).sum(dim=1)
+    return torch.sqrt(diff / ref.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def autocast_context(device, amp):
+    """bf16 autocast on CUDA when `amp`; a no-op context otherwise."""
+    enabled = bool(amp) and torch.device(device).type == "cuda"
+    return torch.autocast(device_type="cuda" if enabled else "cpu", dtype=torch.bfloat16,
+                          enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, loss_style="sum", amp=False, keep_per_sample=False,
+             n_examples=0):
+    """Run `model` over every batch of `loader`.
+
+    Returns dict: loss_sum, rel_l2_sum (sums over samples, float64), count; with
+    keep_per_sample the arrays rel_l2 and loss (N,) in loader order; with n_examples > 0
+    `examples` = (source, target, prediction) arrays (n, H, W) of the first samples.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    rel_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    rels, losses, examples = [], [], []
+    n_ex = 0
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast_context(device, amp):
+            pred = model(inputs)
+        pred = pred.float()
+        r = rel_l2(pred, targets)
+        l = per_sample_loss(pred, targets, loss_style)
+        loss_sum += l.double().sum()
+        rel_sum += r.double().sum()
+        count += targets.shape[0]
+        if keep_per_sample:
+            rels.append(r.cpu())
+            losses.append(l.cpu())
+        if n_ex < n_examples:
+            take = min(n_examples - n_ex, targets.shape[0])
+            examples.append((inputs[:take, 0].cpu(), targets[:take, 0].cpu(), pred[:take, 0].cpu()))
+            n_ex += take
+    model.train(was_training)
+    out = dict(loss_sum=loss_sum, rel_l2_sum=rel_sum, count=count)
+    if keep_per_sample:
+        out["rel_l2"] = torch.cat(rels).numpy() if rels else np.zeros(0, np.float32)
+        out["loss"] = torch.cat(losses).numpy() if losses else np.zeros(0, np.float32)
+    if examples:
+        out["examples"] = tuple(torch.cat(parts).numpy() for parts in zip(*examples))
+    return out
+
+
+def plot_examples(source, target, pred, path=None):
+    """Figure with one row per sample: source (normalised input), target, prediction, |error|.
+
+    Arrays (n, H, W). Saves a PNG atomically to `path` when given; returns the figure.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = source.shape[0]
+    fig, axes = plt.subplots(n, 4, figsize=(13, 3 * n), squeeze=False)
+    titles = ["source (input)", "target u", "prediction", "|error|"]
+    for i in range(n):
+        err = np.abs(pred[i] - target[i])
+        vmin, vmax = float(target[i].min()), float(target[i].max())
+        for j, (img, title) in enumerate(zip([source[i], target[i], pred[i], err], titles)):
+            ax = axes[i, j]
+            kw = dict(vmin=vmin, vmax=vmax) if j in (1, 2) else {}
+            h = ax.imshow(img, origin="lower", cmap="RdBu_r" if j < 3 else "magma", **kw)
+            fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title)
+        rel = np.linalg.norm(pred[i] - target[i]) / max(np.linalg.norm(target[i]), 1e-30)
+        axes[i, 3].set_ylabel(f"rel L2 {rel:.3g}")
+    fig.tight_layout()
+    if path is not None:
+        tmp = f"{path}.tmp{os.getpid()}.png"
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    return fig
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_npy_atomic(path, arr):
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
+    """Evaluate checkpoint `weights` on every sample of `test_path`; write results to out_dir.
+
+    Writes summary.json (test_rel_l2_mean, test_rel_l2_median, test_loss, n_test, weights,
+    test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png.
+    Returns the summary dict.
+    """
+    from models.fno import fno
+    from utils.data_utils import get_data_loader
+    from utils.finetune import load_pretrained
+
+    if not os.path.isfile(weights):
+        raise EvalError(f"weights file not found: {weights}")
+    if device is None:
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    loader, dataset, _ = get_data_loader(params, test_path, distributed=False, train=False)
+    model = fno(params).to(device)
+    info = load_pretrained(model, weights)
+    res = evaluate(model, loader, device, params.get("loss_style", "sum"),
+                   params.get("amp", False), keep_per_sample=True, n_examples=n_examples)
+    rel = res["rel_l2"]
+    summary = dict(
+        test_rel_l2_mean=float(res["rel_l2_sum"]) / res["count"],
+        test_rel_l2_median=float(np.median(rel)),
+        test_loss=float(res["loss_sum"]) / res["count"],
+        loss_style=params.get("loss_style", "sum"),
+        n_test=int(res["count"]),
+        grid=list(dataset.img_shape),
+        weights=os.path.abspath(weights),
+        weights_epoch=info.get("epoch"),
+        test_path=os.path.abspath(test_path),
+        config=params.config_name,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    save_npy_atomic(os.path.join(out_dir, "rel_l2_per_sample.npy"), rel.astype(np.float32))
+    if "examples" in res:
+        import matplotlib.pyplot as plt
+        fig = plot_examples(*res["examples"], path=os.path.join(out_dir, "examples.png"))
+        plt.close(fig)
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    logging.info("test %s: rel L2 mean %.4g median %.4g, loss %.4g over %d samples",
+                 test_path, summary["test_rel_l2_mean"], summary["test_rel_l2_median"],
+                 summary["test_loss"], summary["n_test"])
+    return summary

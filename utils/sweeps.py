@@ -1,0 +1,559 @@
+"""Hyper-parameter sweeps: W&B sweep files run locally, and W&B agent trials under DDP.
+
+One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of running it:
+
+* with a W&B server: `train.py --sweep_id ID` calls `run_wandb_trial`, which runs ONE agent
+  trial on rank 0, reads the trial's settings from `wandb.config` and broadcasts them to every
+  rank with torch.distributed (no MPI). Its run directory is `{root_dir}/sweeps/{ID}/{name}/`.
+* without a server: `python utils/sweeps.py --sweep ... --yaml_config ... --config ...
+  --root_dir ...` expands the grid (or samples `random`/`bayes` trials offline with W&B's
+  open-source `sweeps` engine when installed) and runs each trial as subprocesses
+  `train.py` then `eval.py` on the best checkpoint. Layout, under
+  `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
+
+      results.csv                       one row per trial: settings, n_train, errors
+      trials.json                       the proposed trials (random/bayes only; for resume)
+      logs/{trial}.train.log, .eval.log subprocess output (appended on resume)
+      expts/{config}/{trial}/           the trial's train.py run dir (train.py is called with
+                                        --root_dir {sweep_dir} --run_num {trial}); eval.py
+                                        writes eval/summary.json inside it
+
+  A trial is done when its `eval/summary.json` exists; done trials are skipped, so an
+  interrupted sweep resumes (train.py itself resumes a half-trained trial from its own
+  checkpoint).
+
+Trial names come from the settings only (`lr1em3_s16`), so they are stable across runs and
+machines and are safe as file names.
+"""
+import argparse
+import csv
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP_METHODS = ("grid", "random", "bayes")
+# short names for the published sweep parameters (`lr1em3_s16`); others keep their key
+NAME_ABBREV = {"lr": "lr", "subsample": "s"}
+NAME_FIRST = ("lr", "subsample")
+EVAL_SKIP_KEYS = ("subsample",)
+# columns of results.csv after the trial's settings (and before any --tag columns)
+RESULT_FIELDS = ("n_train", "best_val_rel_l2", "best_val_loss", "best_epoch", "epochs",
+                 "test_rel_l2_mean", "test_rel_l2_median", "n_test", "n_params")
+
+
+class SweepError(Exception):
+    """A user mistake in a sweep file or runner argument (reported as one line)."""
+
+
+# ----------------------------------------------------------------------------- sweep files
+def _coerce_number(v):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; W&B reads it as a number. Follow W&B."""
+    if isinstance(v, str):
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+    return v
+
+
+def _plain(v):
+    """numpy scalars (the sweep engine's samples) -> Python numbers (repr, JSON friendly)."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
+
+
+def yaml_text(v):
+    """`v` as text that yaml.safe_load (train.py's --set parser) reads back as the same value.
+
+    PyYAML reads `1e-05` (what repr/json give) as a STRING; `1.0e-05` is a float.
+    """
+    v = _plain(v)
+    if isinstance(v, float):
+        s = repr(v)
+        mant, e, exp = s.partition("e")
+        return f"{mant}.0e{exp}" if e and "." not in mant else s
+    return json.dumps(v)    # ints, bools, null, strings, lists: JSON is valid YAML
+
+
+def load_sweep(path):
+    """Read and check a W&B sweep file -> dict with `method`, `parameters`, `metric`, ...
+
+    Numeric strings in `value`/`values` become numbers (see `_coerce_number`).
+    """
+    if not os.path.isfile(path):
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise SweepError(f"cannot parse sweep file {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("parameters"), dict) \
+            or not cfg["parameters"]:
+        raise SweepError(f"sweep file {path} has no `parameters` mapping")
+    method = cfg.get("method", "grid")
+    if method not in SWEEP_METHODS:
+        raise SweepError(f"sweep method {method!r} in {path} is not one of {SWEEP_METHODS}")
+    cfg["method"] = method
+    for key, spec in cfg["parameters"].items():
+        if not isinstance(spec, dict):
+            raise SweepError(f"sweep parameter {key!r} must be a mapping with `value` or "
+                             f"`values` (got {spec!r})")
+        if "values" in spec:
+            if not isinstance(spec["values"], list) or not spec["values"]:
+                raise SweepError(f"sweep parameter {key!r}: `values` must be a non-empty list")
+            spec["values"] = [_coerce_number(v) for v in spec["values"]]
+        elif "value" in spec:
+            spec["value"] = _coerce_number(spec["value"])
+        elif method == "grid":
+            raise SweepError(f"grid sweep parameter {key!r} needs `value` or `values` "
+                             f"(distributions need method random or bayes)")
+    return cfg
+
+
+def override_values(cfg, overrides):
+    """Replace parameter value lists: overrides like ["subsample=8,16,32"] (numbers parsed)."""
+    for item in overrides or []:
+        key, sep, vals = item.partition("=")
+        if not sep or not key or not vals:
+            raise SweepError(f"--values expects KEY=V1,V2,... (got {item!r})")
+        if key not in cfg["parameters"]:
+            raise SweepError(f"--values: {key!r} is not a parameter of the sweep "
+                             f"(have {sorted(cfg['parameters'])})")
+        cfg["parameters"][key] = {"values": [_coerce_number(yaml.safe_load(v))
+                                             for v in vals.split(",")]}
+    return cfg
+
+
+def expand_grid(cfg):
+    """All trials of a grid sweep -> list of settings dicts, in sweep-file order.
+
+    The first parameter varies slowest (itertools.product), like W&B's grid search.
+    """
+    keys, choices = [], []
+    for key, spec in cfg["parameters"].items():
+        keys.append(key)
+        choices.append(spec["values"] if "values" in spec else [spec["value"]])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+
+
+# ----------------------------------------------------------------------------- trial names
+def format_value(v):
+    """Filesystem-safe, stable text for a setting: 1e-3 -> '1em3', 2.5e-4 -> '2p5em4', 16 -> '16'."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)) and math.isfinite(v) and float(v).is_integer() \
+            and abs(v) < 1e6:
+        return str(int(v)).replace("-", "m")
+    if isinstance(v, float):
+        mant, exp = f"{v:.6e}".split("e")
+        mant = mant.rstrip("0").rstrip(".")
+        return f"{mant}e{int(exp)}".replace("-", "m").replace(".", "p")
+    if isinstance(v, (list, tuple)):
+        return "-".join(format_value(x) for x in v)
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(v)).strip("-") or "none"
+
+
+def trial_name(settings):
+    """Name of a trial from its settings: {'lr': 1e-3, 'subsample': 16} -> 'lr1em3_s16'.
+
+    `lr` and `subsample` come first (published naming), then the other keys alphabetically,
+    so the name does not depend on the order W&B or a YAML file lists them in.
+    """
+    keys = [k for k in NAME_FIRST if k in settings]
+    keys += sorted(k for k in settings if k not in NAME_FIRST)
+    parts = []
+    for k in keys:
+        if settings[k] is None:
+            continue
+        short = NAME_ABBREV.get(k, re.sub(r"[^A-Za-z0-9]+", "", k))
+        parts.append(short + format_value(settings[k]))
+    if not parts:
+        raise SweepError("a sweep trial needs at least one setting to be named")
+    return "_".join(parts)
+
+
+# ----------------------------------------------------------------------------- W&B trials
+def broadcast_settings(obj, src=0):
+    """Send a picklable object from rank `src` to every rank (identity without a process group)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wandb_trial_dir(root_dir, sweep_id, name):
+    """Run directory of a W&B sweep trial: {root_dir}/sweeps/{sweep_id}/{name}/."""
+    return os.path.join(root_dir, "sweeps", sweep_id, name)
+
+
+def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None,
+                    entity=None, project=None):
+    """Run one W&B sweep trial on every rank; return its run directory (None: no trial).
+
+    Rank 0 runs `agent(sweep_id, function=trial, count=1, entity=, project=)`; inside
+    `trial` it calls `init()` (a W&B run), reads the settings from `run.config`, names the
+    trial from them and broadcasts (settings, run_dir) to all ranks. Every rank then calls
+    `train_fn(settings, run_dir)`; on rank 0 this happens inside the agent's trial so that
+    wandb.log reaches the trial's W&B run. All ranks must call this function (collective).
+
+    `agent` and `init` default to `wandb.agent` and `wandb.init`; tests pass stand-ins.
+    """
+    if rank != 0:
+        msg = broadcast_settings(None)
+        if msg is None:       # rank 0 got no trial from the agent (sweep finished, error)
+            return None
+        settings, run_dir = msg
+        train_fn(settings, run_dir)
+        return run_dir
+
+    if agent is None or init is None:
+        import wandb
+        agent = agent or wandb.agent
+        init = init or wandb.init
+    state = {"sent": False, "run_dir": None}
+
+    def trial():
+        run = init()
+        cfg = run.config
+        settings = {k: cfg[k] for k in cfg.keys()}
+        name = trial_name(settings)
+        run_dir = wandb_trial_dir(root_dir, sweep_id, name)
+        try:
+            run.name = name
+        except Exception:   # stand-ins / offline runs may not allow renaming; name is cosmetic
+            pass
+        logger.info("sweep %s: trial %s settings %s -> %s", sweep_id, name, settings, run_dir)
+        broadcast_settings((settings, run_dir))
+        state.update(sent=True, run_dir=run_dir)
+        train_fn(settings, run_dir)
+
+    try:
+        agent(sweep_id, function=trial, count=1, entity=entity, project=project)
+    finally:
+        if not state["sent"]:   # never leave the other ranks waiting in the broadcast
+            broadcast_settings(None)
+    if not state["sent"]:
+        logger.warning("sweep %s: the W&B agent ran no trial", sweep_id)
+    return state["run_dir"]
+
+
+# ----------------------------------------------------------------------------- local runner
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def atomic_write_text(path, text):
+    """Write `text` to `path` via a temporary file in the same directory + os.replace."""
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class LocalSweep:
+    """Runs a sweep file's trials as train.py / eval.py subprocesses (see module docstring).
+
+    Args:
+        cfg: checked sweep dict (`load_sweep`).
+        yaml_config, config: the training config the trials start from.
+        root_dir: results root; the sweep lives in {root_dir}/sweeps/{sweep_name}/.
+        sets: extra `key=value` overrides passed to train.py and eval.py of every trial.
+        tags: `key=value` constant columns written into results.csv (e.g. approach=finetune).
+        launcher: command prefix for train.py (e.g. "torchrun --standalone --nproc_per_node=4").
+        jobs: trials run at once (each gets cpu_count // jobs torch threads unless
+            OMP_NUM_THREADS is set).
+        count: number of trials for random / bayes sweeps.
+    """
+
+    def __init__(self, cfg, yaml_config, config, root_dir, sweep_name=None, sets=(),
+                 tags=(), launcher="", jobs=1, count=None, python=sys.executable,
+                 repo_root=REPO_ROOT):
+        self.cfg = cfg
+        self.yaml_config = os.path.abspath(yaml_config)
+        self.config = config
+        self.root_dir = os.path.abspath(root_dir)
+        self.sweep_name = sweep_name or cfg.get("name") or "sweep"
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.sweep_name):
+            raise SweepError(f"sweep name {self.sweep_name!r} must be [A-Za-z0-9._-]+")
+        self.sweep_dir = os.path.join(self.root_dir, "sweeps", self.sweep_name)
+        self.sets = list(sets)
+        self.tags = _parse_pairs(tags, "--tag")
+        self.launcher = shlex.split(launcher) if launcher else []
+        self.jobs = int(jobs)
+        if self.jobs < 1:
+            raise SweepError("--jobs must be >= 1")
+        self.count = count
+        if cfg["method"] != "grid" and (count is None or count < 1):
+            raise SweepError(f"method {cfg['method']} needs --count N (number of trials)")
+        self.python = python
+        self.repo_root = repo_root    # where train.py / eval.py live (tests use stand-ins)
+        self.metric = (cfg.get("metric") or {}).get("name", "best_val_rel_l2")
+        swept = set(cfg["parameters"])
+        clash = swept & {k for k, _ in (s.partition("=")[::2] for s in self.sets)}
+        if clash:
+            raise SweepError(f"--set {sorted(clash)} clashes with the sweep's own parameters")
+        self._check_config()
+        self._lock = threading.Lock()
+
+    # -- checks and layout
+    def _check_config(self):
+        if not os.path.isfile(self.yaml_config):
+            raise SweepError(f"yaml config not found: {self.yaml_config}")
+        with open(self.yaml_config) as f:
+            doc = yaml.safe_load(f) or {}
+        if self.config not in doc:
+            raise SweepError(f"config {self.config!r} not in {self.yaml_config} "
+                             f"(have {sorted(doc)})")
+        for script in ("train.py", "eval.py"):
+            if not os.path.isfile(os.path.join(self.repo_root, script)):
+                raise SweepError(f"{script} not found in {self.repo_root}")
+
+    def run_dir(self, name):
+        """train.py's run dir of trial `name` (train.py --root_dir sweep_dir --run_num name)."""
+        return os.path.join(self.sweep_dir, "expts", self.config, name)
+
+    def summary_paths(self, name):
+        rd = self.run_dir(name)
+        return (os.path.join(rd, "train_summary.json"),
+                os.path.join(rd, "checkpoints", "ckpt_best.tar"),
+                os.path.join(rd, "eval", "summary.json"))
+
+    def is_done(self, name):
+        return os.path.isfile(self.summary_paths(name)[2])
+
+    # -- trial proposals
+    def _trials_file(self):
+        return os.path.join(self.sweep_dir, "trials.json")
+
+    def _load_proposed(self):
+        data = _read_json(self._trials_file())
+        return [] if data is None else [dict(t) for t in data]
+
+    def _propose(self, known, n):
+        """Ask W&B's open-source sweep engine for n more random/bayes trials, offline."""
+        try:
+            import sweeps as wandb_sweeps   # optional dependency (sweeps==0.2.0 for numpy 2)
+        except ImportError as e:
+            raise SweepError(f"method {self.cfg['method']} needs the optional package "
+                             f"`sweeps` (pip install sweeps==0.2.0); grid needs nothing") from e
+        runs = []
+        for settings in known:
+            row = self.trial_row(trial_name(settings), settings)
+            done = row["status"] == "done" and row.get(self.metric) not in (None, "")
+            runs.append(wandb_sweeps.SweepRun(
+                config={k: {"value": v} for k, v in settings.items()},
+                summaryMetrics={self.metric: float(row[self.metric])} if done else {},
+                state=wandb_sweeps.RunState.finished if done else wandb_sweeps.RunState.running))
+        spec = {k: self.cfg[k] for k in ("method", "metric", "parameters") if k in self.cfg}
+        new = wandb_sweeps.next_runs(spec, runs, n=n)
+        return [{k: _plain(v["value"]) for k, v in r.config.items()} for r in new if r is not None]
+
+    # -- running
+    def _cmd_env(self):
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.jobs)))
+        env.setdefault("WANDB_MODE", "disabled")
+        return env
+
+    def _commands(self, name, settings):
+        sets = []
+        for s in self.sets + [f"{k}={yaml_text(v)}" for k, v in settings.items()]:
+            sets += ["--set", s]
+        # subsample thins the TRAINING set only: never pass it to eval.py (full test set)
+        eval_sets = []
+        for s in self.sets + [f"{k}={yaml_text(v)}" for k, v in settings.items()
+                              if k not in EVAL_SKIP_KEYS]:
+            eval_sets += ["--set", s]
+        common = ["--yaml_config", self.yaml_config, "--config", self.config,
+                  "--root_dir", self.sweep_dir, "--run_num", name]
+        train = self.launcher + ([] if self.launcher else [self.python]) \
+            + [os.path.join(self.repo_root, "train.py")] + common + sets
+        ckpt = self.summary_paths(name)[1]
+        evalc = [self.python, os.path.join(self.repo_root, "eval.py")] + common \
+            + ["--weights", ckpt] + eval_sets
+        return train, evalc
+
+    def _run_logged(self, cmd, log_path):
+        with open(log_path, "a") as log:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.repo_root,
+                                  env=self._cmd_env()).returncode
+
+    def run_trial(self, name, settings):
+        """Train (unless already trained) then evaluate one trial; return True on success."""
+        train_summary, ckpt, _ = self.summary_paths(name)
+        train_cmd, eval_cmd = self._commands(name, settings)
+        logs = os.path.join(self.sweep_dir, "logs")
+        if not (os.path.isfile(train_summary) and os.path.isfile(ckpt)):
+            logger.info("trial %s: training %s", name, settings)
+            rc = self._run_logged(train_cmd, os.path.join(logs, f"{name}.train.log"))
+            if rc != 0 or not os.path.isfile(ckpt):
+                logger.error("trial %s: train.py failed (exit %d), see %s", name, rc,
+                             os.path.join(logs, f"{name}.train.log"))
+                return False
+        logger.info("trial %s: evaluating %s", name, ckpt)
+        rc = self._run_logged(eval_cmd, os.path.join(logs, f"{name}.eval.log"))
+        if rc != 0 or not self.is_done(name):
+            logger.error("trial %s: eval.py failed (exit %d), see %s", name, rc,
+                         os.path.join(logs, f"{name}.eval.log"))
+            return False
+        return True
+
+    def trial_row(self, name, settings, failed=False):
+        """One results.csv row: trial, settings, n_train, val/test errors, status, run_dir."""
+        train_summary, _, eval_summary = self.summary_paths(name)
+        tr = _read_json(train_summary) or {}
+        ev = _read_json(eval_summary) or {}
+        row = {"trial": name, **settings}
+        for key in RESULT_FIELDS:
+            row[key] = ev.get(key, tr.get(key, ""))
+        row.update(self.tags)
+        row["config"] = self.config
+        row["status"] = "done" if ev else ("failed" if failed else "pending")
+        row["run_dir"] = self.run_dir(name)
+        return row
+
+    def write_results(self, trials, failed=()):
+        """Write {sweep_dir}/results.csv atomically (all trials, done ones with numbers)."""
+        keys = []
+        for s in trials:
+            keys += [k for k in s if k not in keys]
+        fields = ["trial"] + keys + list(RESULT_FIELDS) + list(self.tags) \
+            + ["config", "status", "run_dir"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        for s in trials:
+            name = trial_name(s)
+            writer.writerow(self.trial_row(name, s, failed=name in failed))
+        path = os.path.join(self.sweep_dir, "results.csv")
+        with self._lock:
+            atomic_write_text(path, buf.getvalue())
+        return path
+
+    def _run_batch(self, todo, all_trials, failed):
+        def one(settings):
+            name = trial_name(settings)
+            ok = self.run_trial(name, settings)
+            with self._lock:
+                if not ok:
+                    failed.add(name)
+            self.write_results(all_trials, failed)
+        if self.jobs == 1:
+            for s in todo:
+                one(s)
+        else:
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                list(pool.map(one, todo))
+
+    def run(self):
+        """Run every trial not yet done; return (results.csv path, names of failed trials)."""
+        os.makedirs(os.path.join(self.sweep_dir, "logs"), exist_ok=True)
+        failed = set()
+        if self.cfg["method"] == "grid":
+            trials = expand_grid(self.cfg)
+            names = [trial_name(s) for s in trials]
+            if len(set(names)) != len(names):
+                raise SweepError("two grid trials get the same name; check the sweep values")
+            todo = [s for s in trials if not self.is_done(trial_name(s))]
+            logger.info("sweep %s: %d trials, %d done, %d to run (%d at once)",
+                        self.sweep_name, len(trials), len(trials) - len(todo), len(todo),
+                        self.jobs)
+            self.write_results(trials)
+            self._run_batch(todo, trials, failed)
+        else:
+            # propose in batches of `jobs` so that bayes sees the finished trials; the
+            # proposals are saved first, so a resumed sweep finishes the same trials
+            trials = self._load_proposed()
+            while True:
+                todo = [s for s in trials if not self.is_done(trial_name(s))
+                        and trial_name(s) not in failed]
+                if not todo and len(trials) < self.count:
+                    new = self._propose(trials, min(self.jobs, self.count - len(trials)))
+                    seen = {trial_name(s) for s in trials}
+                    new = [s for s in new if trial_name(s) not in seen]
+                    if not new:
+                        logger.warning("sweep engine proposed no new trial; stopping")
+                        break
+                    trials += new
+                    atomic_write_text(self._trials_file(), json.dumps(trials, indent=1))
+                    continue
+                if not todo:
+                    break
+                self._run_batch(todo, trials, failed)
+        path = self.write_results(trials, failed)
+        logger.info("sweep %s: results in %s (%d failed)", self.sweep_name, path, len(failed))
+        return path, sorted(failed)
+
+
+def _parse_pairs(items, flag):
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise SweepError(f"{flag} expects KEY=VALUE (got {item!r})")
+        out[k] = v
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run a W&B sweep file locally (no W&B server).")
+    p.add_argument("--sweep", required=True, help="W&B sweep file, e.g. configs/sweep_config.yaml")
+    p.add_argument("--yaml_config", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--root_dir", required=True, help="trials go to ROOT/sweeps/NAME/")
+    p.add_argument("--name", default=None, help="sweep name (default: the file's `name`)")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once")
+    p.add_argument("--count", type=int, default=None, help="trials for random/bayes")
+    p.add_argument("--set", dest="sets", action="append", default=[],
+                   help="KEY=VALUE passed to train.py/eval.py of every trial (repeatable)")
+    p.add_argument("--values", action="append", default=[],
+                   help="KEY=V1,V2,.. replaces a sweep parameter's values (repeatable)")
+    p.add_argument("--tag", action="append", default=[],
+                   help="KEY=VALUE constant column in results.csv, e.g. approach=finetune")
+    p.add_argument("--launcher", default="",
+                   help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4"')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cfg = override_values(load_sweep(args.sweep), args.values)
+        sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
+                           sweep_name=args.name, sets=args.sets, tags=args.tag,
+                           launcher=args.launcher, jobs=args.jobs, count=args.count)
+        path, failed = sweep.run()
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(path)
+    if failed:
+        print(f"error: {len(failed)} trial(s) failed: {' '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    if REPO_ROOT not in sys.path:     # `python utils/sweeps.py` from anywhere
+        sys.path.insert(0, REPO_ROOT)
+    main()

@@ -1,0 +1,467 @@
+"""Training loop: one process or DDP (torchrun / slurm), exact resume, preemption-safe.
+
+Run directory `{root_dir}/expts/{config}/{run_num}/` (rank 0 writes):
+  hyperparams.yaml         the config as run (with --set overrides and derived sizes)
+  checkpoints/ckpt.tar     latest state, written atomically after every epoch / on SIGTERM
+  checkpoints/ckpt_best.tar  the epoch with the lowest validation loss
+  metrics.jsonl            one JSON object per epoch
+  train_summary.json       written when training reaches max_epochs
+
+Loss scaling under DDP: the loss of a batch is the mean over its samples of a per-sample loss
+(see utils.inferencer), every rank has the same local batch B/W (training batches are full:
+drop_last), and DDP averages gradients over ranks, so W ranks with B/W samples each produce
+exactly the gradient of one process with batch B. `batch_size` is the global batch.
+
+Epochs are counted from 1: checkpoint `epoch` = number of completed epochs (= the 1-based
+index of the last completed one); a checkpoint written on a signal mid-epoch also records
+`step_in_epoch` (> 0) and the partial epoch sums, and resume continues with the next batch of
+the same (seeded) epoch order.
+"""
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from utils.YParams import ConfigError, UserError
+from utils.data_utils import get_data_loader
+from utils.finetune import clean_state_dict, load_pretrained
+from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples, write_json_atomic
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+class CheckpointError(UserError):
+    """The run's own checkpoint cannot be read."""
+
+
+# --------------------------------------------------------------------------------------------
+# process group, seeds, atomic files
+# --------------------------------------------------------------------------------------------
+def setup_distributed():
+    """Initialise DDP from torchrun/slurm variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
+
+    nccl on CUDA, gloo otherwise. Returns (world_size, rank, local_rank, device).
+    """
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return world, rank, local_rank, device
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def get_rng_state():
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+
+    An interrupted write leaves the previous file intact (and no temporary behind on errors).
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer and schedule (published keys: optimizer, lr, scheduler, max_cosine_lr_epochs)
+# --------------------------------------------------------------------------------------------
+def build_optimizer(params, model):
+    name = params.get("optimizer", "adam")
+    lr = float(params.get("lr", 1e-3))
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr,
+                                 weight_decay=float(params.get("weight_decay", 0.01)))
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    raise ConfigError(f"unknown optimizer '{name}' (expected adam, adamw or sgd)")
+
+
+def build_scheduler(params, optimizer):
+    """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default max_epochs) or 'none'."""
+    name = params.get("scheduler", "none")
+    if name in (None, "none"):
+        return None
+    if name == "cosine":
+        t_max = params.get("max_cosine_lr_epochs") or params.get("max_epochs")
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(t_max))
+    raise ConfigError(f"unknown scheduler '{name}' (expected cosine or none)")
+
+
+def _check_params(params):
+    for key in ("train_path", "val_path", "scales_path", "max_epochs", "batch_size", "in_dim"):
+        if params.get(key) is None:
+            raise ConfigError(f"config '{params.config_name}' has no '{key}'")
+    if int(params.max_epochs) < 1:
+        raise ConfigError(f"max_epochs must be >= 1, got {params.max_epochs}")
+    if params.get("loss_style", "sum") not in ("sum", "mean"):
+        raise ConfigError(f"loss_style must be 'sum' or 'mean', got '{params.loss_style}'")
+
+
+# --------------------------------------------------------------------------------------------
+# trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Train `fno(params)` into `run_dir`; `fit()` runs to max_epochs or until a signal."""
+
+    def __init__(self, params, run_dir, run_name=None):
+        from models.fno import fno
+
+        _check_params(params)
+        self.params = params
+        self.run_dir = os.path.abspath(run_dir)
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.ckpt_path = os.path.join(self.ckpt_dir, "ckpt.tar")
+        self.best_path = os.path.join(self.ckpt_dir, "ckpt_best.tar")
+        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self.run_name = run_name or os.path.basename(self.run_dir)
+        self.world, self.rank, self.local_rank, self.device = setup_distributed()
+        self.distributed = dist.is_initialized()
+        self.is_root = self.rank == 0
+        self.loss_style = params.get("loss_style", "sum")
+        self.amp = bool(params.get("amp", False))
+        self.max_epochs = int(params.max_epochs)
+
+        set_seed(int(params.get("seed", 0) or 0))
+        self.train_loader, self.train_set, self.train_sampler = get_data_loader(
+            params, params.train_path, self.distributed, train=True)
+        self.val_loader, self.val_set, _ = get_data_loader(
+            params, params.val_path, self.distributed, train=False)
+        self.local_batch = self.train_loader.batch_size
+        self.global_batch = self.local_batch * self.world
+
+        self.raw_model = fno(params).to(self.device)  # the module whose state is saved
+        self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
+        self.optimizer = build_optimizer(params, self.raw_model)
+        self.scheduler = build_scheduler(params, self.optimizer)
+
+        self.epoch = 0           # completed epochs
+        self.iters = 0
+        self.step_in_epoch = 0   # > 0 only when resuming a mid-epoch checkpoint
+        self.partial = None      # partial epoch sums of that checkpoint
+        self.best_val_loss = math.inf
+        self.best_val_rel_l2 = math.inf
+        self.best_epoch = 0
+        self.resumed = os.path.isfile(self.ckpt_path)
+        if self.resumed:
+            self._restore(self.ckpt_path)
+        elif params.get("pretrained"):
+            load_pretrained(self.raw_model, params.pretrained)  # weights only, fresh optimizer
+
+        model = self.raw_model
+        if self.distributed:
+            model = DistributedDataParallel(
+                model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        if params.get("compile", False):
+            model = torch.compile(model)
+        self.model = model
+        self._stop_signal = None
+        if self.is_root:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            self._write_hyperparams()
+            if self.resumed:
+                self._truncate_metrics()
+        logging.info("run %s: %d parameters, %d train / %d val samples, global batch %d "
+                     "(%d ranks x %d), device %s%s", self.run_dir, self.n_params, len(self.train_set),
+                     len(self.val_set), self.global_batch, self.world, self.local_batch, self.device,
+                     f", resumed at epoch {self.epoch} step {self.step_in_epoch}" if self.resumed
+                     else (f", fine-tuning from {params.pretrained}" if params.get("pretrained") else ""))
+
+    # ---------------------------------------------------------------- checkpoints / run files
+    def _checkpoint(self, step_in_epoch=0, partial=None):
+        return dict(
+            model_state=clean_state_dict(self.raw_model.state_dict()),
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
+            epoch=self.epoch, iters=self.iters, step_in_epoch=step_in_epoch, partial=partial,
+            best_val_loss=self.best_val_loss, best_val_rel_l2=self.best_val_rel_l2,
+            best_epoch=self.best_epoch, rng_state=get_rng_state(), world_size=self.world,
+            config=self.params.to_dict())
+
+    def _save(self, is_best=False, step_in_epoch=0, partial=None):
+        """Rank 0 writes the checkpoint(s) after all ranks reached this point."""
+        if self.distributed:
+            dist.barrier()
+        if self.is_root and self.params.get("save_checkpoint", True):
+            ckpt = self._checkpoint(step_in_epoch, partial)
+            if is_best:  # best first: a crash in between only repeats this epoch on resume
+                atomic_torch_save(ckpt, self.best_path)
+            atomic_torch_save(ckpt, self.ckpt_path)
+        if self.distributed:
+            dist.barrier()
+
+    def _restore(self, path):
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+            self.raw_model.load_state_dict(clean_state_dict(ckpt["model_state"]))
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+            if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        except Exception as e:
+            raise CheckpointError(f"cannot resume from {path} ({type(e).__name__}: {e}); move it "
+                                  f"away to start this run afresh") from e
+        self.epoch = int(ckpt["epoch"])
+        self.iters = int(ckpt["iters"])
+        self.step_in_epoch = int(ckpt.get("step_in_epoch", 0) or 0)
+        self.partial = ckpt.get("partial")
+        self.best_val_loss = float(ckpt["best_val_loss"])
+        self.best_val_rel_l2 = float(ckpt["best_val_rel_l2"])
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        set_rng_state(ckpt["rng_state"])
+        old_world = ckpt.get("world_size", self.world)
+        if self.step_in_epoch and old_world != self.world:
+            logging.warning("mid-epoch checkpoint written with %d ranks, resuming with %d: "
+                            "restarting epoch %d", old_world, self.world, self.epoch + 1)
+            self.step_in_epoch, self.partial = 0, None
+
+    def _write_hyperparams(self):
+        hp = self.params.to_dict()
+        hp.update(world_size=self.world, global_batch_size=self.global_batch,
+                  local_batch_size=self.local_batch, n_train=len(self.train_set),
+                  n_params=self.n_params, config_name=self.params.config_name)
+        atomic_write_text(os.path.join(self.run_dir, "hyperparams.yaml"),
+                          yaml.safe_dump(hp, sort_keys=False))
+
+    def _truncate_metrics(self):
+        """Drop metric lines of epochs after the checkpoint (they will be run again)."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            lines = [l for l in f if l.strip()]
+        keep = [l for l in lines if json.loads(l).get("epoch", 0) <= self.epoch]
+        if len(keep) != len(lines):
+            atomic_write_text(self.metrics_path, "".join(keep))
+
+    def _append_metrics(self, row):
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ---------------------------------------------------------------- signals
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+        logging.warning("received signal %d: finishing this step, then checkpoint and exit", signum)
+
+    def _install_signal_handlers(self):
+        self._old_handlers = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (e.g. inside a notebook worker)
+                pass
+
+    def _restore_signal_handlers(self):
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+
+    def _sync_flags(self, loss):
+        """(stop requested on any rank, non-finite loss on any rank), agreed by all ranks."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        stop = torch.full((1,), float(self._stop_signal is not None), device=bad.device)
+        flags = torch.cat([stop, bad])
+        if self.distributed:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, bad = flags.tolist()
+        return stop > 0, bad > 0
+
+    # ---------------------------------------------------------------- epochs
+    def train_one_epoch(self, epoch):
+        """Train epoch `epoch` (1-based). Returns (mean train loss, seconds, samples, stopped)."""
+        self.model.train()
+        self.train_sampler.set_epoch(epoch)
+        start_step = self.step_in_epoch
+        self.train_sampler.set_start(start_step * self.local_batch)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        if self.partial and self.is_root:
+            loss_sum += float(self.partial["loss_sum"])
+            count = int(self.partial["count"])
+        self.step_in_epoch, self.partial = 0, None
+        clip = self.params.get("grad_clip")
+        batches = self.train_loader
+        if self.is_root and sys.stderr.isatty():
+            from tqdm import tqdm
+            batches = tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        t0 = time.time()
+        seen = 0
+        stopped = False
+        for step, (x, y) in enumerate(batches, start=start_step):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with autocast_context(self.device, self.amp):
+                pred = self.model(x)
+            loss = batch_loss(pred, y, self.loss_style)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), float(clip))
+            self.optimizer.step()
+            self.iters += 1
+            # one small all-reduce per step: every rank stops at the same step
+            stop, bad = self._sync_flags(loss)
+            if bad:  # nothing of this state is saved
+                raise TrainingDiverged(
+                    f"non-finite training loss at epoch {epoch} step {step + 1} (iteration "
+                    f"{self.iters}); stopped without writing checkpoints, the last good one "
+                    f"is epoch {self.epoch} in {self.ckpt_dir}. Lower lr or set grad_clip")
+            loss_sum += loss.detach().double() * x.shape[0]
+            count += x.shape[0]
+            seen += x.shape[0]
+            if stop:
+                stopped = True
+                sums = self._allreduce_sum(torch.stack([loss_sum.clone(), torch.tensor(
+                    float(count), dtype=torch.float64, device=self.device)]))
+                # global sums over all ranks; on resume rank 0 adds them back
+                self._save(step_in_epoch=step + 1,
+                           partial=dict(loss_sum=sums[0].item(), count=int(sums[1].item())))
+                break
+        seconds = time.time() - t0
+        self.train_sampler.set_start(0)
+        total = self._allreduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
+                                                                        device=self.device)]))
+        mean = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return mean, seconds, seen * self.world, stopped
+
+    def _allreduce_sum(self, t):
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
+    def validate(self, n_examples=0):
+        """Exact averages over every validation sample: (val_loss, val_rel_l2, examples)."""
+        res = evaluate(self.raw_model, self.val_loader, self.device, self.loss_style, self.amp,
+                       n_examples=n_examples)
+        sums = torch.stack([res["loss_sum"], res["rel_l2_sum"],
+                            torch.tensor(float(res["count"]), dtype=torch.float64, device=self.device)])
+        sums = self._allreduce_sum(sums)
+        return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), res.get("examples")
+
+    # ---------------------------------------------------------------- main loop
+    def fit(self):
+        """Train to max_epochs. Returns the summary dict (also in train_summary.json), or
+        dict(stopped=True, ...) after a SIGTERM/SIGUSR1 checkpoint."""
+        wandb_run = self._init_wandb()
+        self._install_signal_handlers()
+        try:
+            while self.epoch < self.max_epochs:
+                epoch = self.epoch + 1
+                t_epoch = time.time()
+                train_loss, tr_seconds, samples, stopped = self.train_one_epoch(epoch)
+                if stopped:
+                    logging.warning("stopped by signal in epoch %d after %d iterations; "
+                                    "checkpoint %s", epoch, self.iters, self.ckpt_path)
+                    return dict(stopped=True, epoch=self.epoch, iters=self.iters)
+                want_fig = bool(wandb_run) and self.params.get("plot_figs", False)
+                val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
+                if not math.isfinite(val_loss):
+                    raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
+                                           f"stopped without writing checkpoints")
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.epoch = epoch
+                is_best = val_loss <= self.best_val_loss
+                if is_best:
+                    self.best_val_loss, self.best_val_rel_l2, self.best_epoch = val_loss, val_rel, epoch
+                self._save(is_best=is_best)
+                row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_rel_l2=val_rel,
+                           lr=lr, epoch_time_s=time.time() - t_epoch,
+                           train_samples_per_s=samples / max(tr_seconds, 1e-9),
+                           best_val_loss=self.best_val_loss, iters=self.iters)
+                if self.is_root:
+                    self._append_metrics(row)
+                    logging.info("epoch %d/%d  train %.4g  val %.4g  val rel L2 %.4g  lr %.3g  "
+                                 "%.1fs (%.1f samples/s)%s", epoch, self.max_epochs, train_loss,
+                                 val_loss, val_rel, lr, row["epoch_time_s"],
+                                 row["train_samples_per_s"], "  *best" if is_best else "")
+                    if wandb_run:
+                        self._log_wandb(wandb_run, row, examples)
+                if self._stop_signal is not None:
+                    logging.warning("stopped by signal after epoch %d; checkpoint %s", epoch,
+                                    self.ckpt_path)
+                    return dict(stopped=True, epoch=self.epoch, iters=self.iters)
+            summary = dict(best_val_loss=self.best_val_loss, best_val_rel_l2=self.best_val_rel_l2,
+                           best_epoch=self.best_epoch, epochs=self.epoch, n_train=len(self.train_set),
+                           n_params=self.n_params, config=self.params.config_name,
+                           global_batch_size=self.global_batch, world_size=self.world,
+                           iters=self.iters, run_dir=self.run_dir)
+            if self.is_root:
+                write_json_atomic(os.path.join(self.run_dir, "train_summary.json"), summary)
+            return summary
+        finally:
+            self._restore_signal_handlers()
+            if wandb_run:
+                wandb_run.finish()
+
+    # ---------------------------------------------------------------- W&B
+    def _init_wandb(self):
+        if not (self.is_root and self.params.get("log_to_wandb", False)):
+            return None
+        import wandb
+
+        os.makedirs(os.path.join(self.run_dir, "wandb"), exist_ok=True)
+        return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
+                          group=f"op_{self.params.config_name}", project=self.params.get("project"),
+                          entity=self.params.get("entity"), resume="allow")
+
+    def _log_wandb(self, run, row, examples):
+        logs = dict(row)
+        if examples is not None:
+            import matplotlib.pyplot as plt
+            import wandb
+
+            fig = plot_examples(*examples)
+            logs["vis"] = wandb.Image(fig)
+            plt.close(fig)
+        run.log(logs, step=row["epoch"])
