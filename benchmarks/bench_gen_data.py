@@ -17,6 +17,7 @@ Output files go to a temporary directory that is removed afterwards.
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,10 +120,10 @@ def bench_reference(pde, n, nref):
     fn = getattr(ref, pde)
     vfs = [0.2, 0.4, 0.6, 0.8]
     fn(0.4)                                          # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(nref):
         fn(vfs[i % 4])
-    return nref / (time.perf_counter() - t0)
+    return nref / (time.perf_counter() - t0), (time.process_time() - c0) / nref
 
 
 # --- the project's CLI ---------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def bench_cli(pde, n, ntrain, nval, ntest, workers, datadir):
     cmd = [sys.executable, os.path.join(REPO, "utils", script), "--ntrain", str(ntrain),
            "--nval", str(nval), "--ntest", str(ntest), "--n", str(n), "--sparse",
            "--datapath", datadir, "--workers", str(workers), "--overwrite", *rng_flags]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -154,11 +156,14 @@ def bench_cli(pde, n, ntrain, nval, ntest, workers, datadir):
         peak = max(peak, tree_rss_kb(proc.pid))
         time.sleep(0.02)
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # includes the worker processes
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     if proc.returncode:
         raise SystemExit(f"error: {' '.join(cmd)} failed: {proc.stderr.read().strip()}")
     for f in os.listdir(datadir):
         os.remove(os.path.join(datadir, f))
-    return (ntrain + nval + ntest) / dt, dt, peak / 1024
+    total = ntrain + nval + ntest
+    return total / dt, dt, cpu / total, peak / 1024
 
 
 def main():
@@ -176,15 +181,19 @@ def main():
     print(f"n = {args.n}, CLI: {args.ntrain}/{args.nval}/{args.ntest} samples, "
           f"--workers {args.workers}; reference: {args.nref} samples, 1 process; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'pde':10s} {'reference/s':>12s} {'CLI/s':>9s} {'ratio':>7s} {'CLI wall':>9s} "
-          f"{'peak RSS':>9s}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (other jobs slow the wall-clock "
+          "figures; the CPU-time columns are less sensitive)")
+    print(f"{'pde':10s} {'ref/s':>8s} {'CLI/s':>8s} {'ratio':>7s} | {'ref ms':>7s} "
+          f"{'CLI ms':>7s} {'ratio':>7s} | {'CLI wall':>8s} {'peak RSS':>9s}")
+    print(f"{'':10s} {'(wall-clock samples/s)':>25s} | {'(CPU ms per sample)':>23s} |")
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as d:
         for pde in args.pdes:
-            ref = bench_reference(pde, args.n, args.nref)
-            fast, dt, peak = bench_cli(pde, args.n, args.ntrain, args.nval, args.ntest,
-                                       args.workers, d)
-            print(f"{pde:10s} {ref:12.1f} {fast:9.0f} {fast / ref:6.1f}x {dt:8.1f}s "
-                  f"{peak:7.0f}MB", flush=True)
+            ref, ref_cpu = bench_reference(pde, args.n, args.nref)
+            fast, dt, cpu, peak = bench_cli(pde, args.n, args.ntrain, args.nval, args.ntest,
+                                            args.workers, d)
+            print(f"{pde:10s} {ref:8.1f} {fast:8.0f} {fast / ref:6.1f}x | {ref_cpu * 1e3:7.2f} "
+                  f"{cpu * 1e3:7.3f} {ref_cpu / cpu:6.1f}x | {dt:7.1f}s {peak:7.0f}MB",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -119,18 +119,50 @@ def count_parameters(cfg):
 
 
 def pointwise(x, weight, bias, residual=None):
-    """1x1 convolution on channels-first data.
+    """1x1 convolution on channels-first data, as batched matmuls on the (B, C, H*W) view.
 
     x (B, Cin, H, W), weight (Cout, Cin), bias (Cout,), residual None or (B, Cout, H, W)
     -> (B, Cout, H, W) = weight @ x + bias [+ residual].
+    Explicit (b)addbmm with an expanded weight: torch.matmul(2-D, 3-D) would fold the batch
+    into one GEMM and copy transposed activations in the backward.
     """
     b, cin, h, w = x.shape
     x3 = x.reshape(b, cin, h * w)
+    weight = weight.expand(b, -1, -1)
     if residual is None:
-        out = torch.matmul(weight, x3)
+        out = torch.baddbmm(bias[:, None], weight, x3)
     else:
-        out = torch.baddbmm(residual.reshape(b, -1, h * w), weight.expand(b, -1, -1), x3)
-    return (out + bias[:, None]).view(b, -1, h, w)
+        out = torch.baddbmm(residual.reshape(b, -1, h * w), weight, x3)
+        out = out + bias[:, None]
+    return out.view(b, -1, h, w)
+
+
+class _ModeContraction(torch.autograd.Function):
+    """out = x @ w per mode: x (M, B, Ci), w (M, Ci, Co) complex -> (M, B, Co).
+
+    Same maths as torch.bmm; the backward makes the incoming gradient contiguous first,
+    because complex bmm on CPU falls back to a per-matrix loop (10-30x slower) when an
+    operand is strided, which autograd's gradient of the later scatter would be.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return torch.bmm(x, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # grad @ w^H computed as conj(conj(grad) @ w^T): a plain transposed operand is
+            # a fast MKL case, a lazily conjugated transposed one is not.
+            grad_x = torch.bmm(grad.conj().resolve_conj(), w.transpose(1, 2)).conj()
+            grad_x = grad_x.resolve_conj()
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(x.transpose(1, 2).conj(), grad)
+        return grad_x, grad_w
 
 
 class SpectralConv2d(nn.Module):
@@ -175,10 +207,12 @@ class SpectralConv2d(nn.Module):
             # Pruned rfft2: only m2 columns go through the FFT along H.
             x_ft = torch.fft.rfft(x, dim=-1)[..., :m2]
             x_ft = torch.fft.fft(x_ft, dim=-2)
-            x_ft = torch.cat([x_ft[:, :, :m1], x_ft[:, :, h - m1:]], dim=2)  # (B,Ci,2m1,m2)
+            # Both corners gathered mode-major in one copy: (2m1, m2, B, Ci), contiguous.
+            x_ft = torch.cat([x_ft[:, :, :m1].permute(2, 3, 0, 1),
+                              x_ft[:, :, h - m1:].permute(2, 3, 0, 1)], dim=0)
             # One contraction over both corners: (modes, B, Ci) @ (modes, Ci, Co).
-            x_ft = x_ft.permute(2, 3, 0, 1).reshape(2 * m1 * m2, b, self.in_channels)
-            out = torch.bmm(x_ft, torch.view_as_complex(self.weight))       # (modes, B, Co)
+            x_ft = x_ft.view(2 * m1 * m2, b, self.in_channels)
+            out = _ModeContraction.apply(x_ft, torch.view_as_complex(self.weight))       # (modes, B, Co)
             out = out.view(2 * m1, m2, b, self.out_channels).permute(2, 3, 0, 1)
             # Zero-filled spectrum with only the m2 retained columns; irfft pads to W//2+1.
             out_ft = out.new_zeros(b, self.out_channels, h, m2)

@@ -80,6 +80,7 @@ def test_resume_is_exact(cfg, tmp_path):
     assert [r["val_loss"] for r in ra] == [r["val_loss"] for r in rb]
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_signal_mid_epoch_checkpoint_and_exact_resume(cfg, tmp_path, monkeypatch):
     full = make(cfg, tmp_path / "full", max_epochs=2)
     full.fit()
@@ -124,8 +125,7 @@ def test_interrupted_checkpoint_write_keeps_previous(cfg, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         trainer_mod.atomic_torch_save({"x": 1}, str(path))
     assert path.read_bytes() == before and load(path)["epoch"] == 1
-    assert os.listdir(tmp_path / "run/checkpoints") == sorted(["ckpt.tar", "ckpt_best.tar"]) or \
-        sorted(os.listdir(tmp_path / "run/checkpoints")) == ["ckpt.tar", "ckpt_best.tar"]
+    assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["ckpt.tar", "ckpt_best.tar"]  # no temp
 
 
 def test_nan_loss_stops_without_touching_checkpoints(cfg, tmp_path, monkeypatch):
@@ -163,7 +163,7 @@ def test_load_pretrained_formats(cfg, tmp_path):
     info = load_pretrained(t.raw_model, str(tmp_path / "ddp.tar"))
     assert info["epoch"] == 7
     for k, v in t.raw_model.state_dict().items():
-        assert torch.equal(v, state[k] + 1 if False else ddp["module." + k])
+        assert torch.equal(v, ddp["module." + k])
     torch.save({"_orig_mod." + k: v for k, v in state.items()}, tmp_path / "bare.pt")
     assert load_pretrained(t.raw_model, str(tmp_path / "bare.pt"))["epoch"] is None
     bad = dict(state)

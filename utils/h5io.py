@@ -83,19 +83,25 @@ class SplitWriter:
             raise DataError(f"{path} exists (pass --overwrite to replace it)")
         self.path = path
         self.tmp = _temp_name(path, ".tmp.h5")
-        self.file = h5py.File(self.tmp, "w-", track_order=False)
+        # whole chunks are written at once: no chunk cache needed (it only adds copies)
+        self.file = h5py.File(self.tmp, "w-", track_order=False, rdcc_nbytes=0)
         kw = dict(dtype="<f4", track_times=False)
+        # The small datasets are allocated (written) first and each sample's chunk is then
+        # appended in position order, so the file layout does not depend on how the writes
+        # are grouped (--chunk_size): identical inputs give byte-identical files.
+        self.tensor = self.file.create_dataset("tensor", data=np.zeros((n_samples, k)), **kw)
+        self.other = (self.file.create_dataset("other", data=np.zeros((n_samples, 1)), **kw)
+                      if with_other else None)
         self.fields = self.file.create_dataset("fields", (n_samples, 2, n, n),
                                                chunks=(1, 2, n, n), **kw)
-        self.tensor = self.file.create_dataset("tensor", (n_samples, k), **kw)
-        self.other = (self.file.create_dataset("other", (n_samples, 1), **kw)
-                      if with_other else None)
         self.attrs = {}
 
     def write(self, start: int, fields: np.ndarray, tensor: np.ndarray,
               other: np.ndarray | None = None) -> None:
         stop = start + len(fields)
-        self.fields[start:stop] = fields.astype(np.float32, copy=False)
+        fields = np.ascontiguousarray(fields, dtype="<f4")
+        for i in range(len(fields)):           # one HDF5 chunk per sample, written in order
+            self.fields.id.write_direct_chunk((start + i, 0, 0, 0), fields[i])
         self.tensor[start:stop] = tensor.astype(np.float32, copy=False)
         if self.other is not None:
             self.other[start:stop] = np.asarray(other, np.float32).reshape(-1, 1)

@@ -68,21 +68,22 @@ def read_results(spec):
     return rows
 
 
-def _model_label(row):
-    """Panel label: the `model` column, else the parameter count, else 'model'."""
-    if row.get("model"):
-        return row["model"]
+def _model_label(row, panel_col="model"):
+    """Panel label: the `panel_col` column, else the parameter count, else 'model'."""
+    if row.get(panel_col):
+        return row[panel_col]
     n = _float(row.get("n_params"))
     if math.isfinite(n):
         return f"{n / 1e6:.3g}M params" if n >= 1e6 else f"{n / 1e3:.3g}K params"
     return "model"
 
 
-def clean_rows(rows):
+def clean_rows(rows, panel_col="model"):
     """Keep finished trials with finite numbers -> list of dicts with typed fields.
 
-    Each output dict: model (str), approach (str), n_train (int), lr (float),
-    val (float), test (float), n_params (float, nan if unknown).
+    Each output dict: model (str: the panel label, from `panel_col`, e.g. `model` for model
+    sizes or `downstream` for distribution shifts), approach (str), n_train (int),
+    lr (float), val (float), test (float), n_params (float, nan if unknown).
     """
     out = []
     for r in rows:
@@ -91,7 +92,7 @@ def clean_rows(rows):
         n, lr, val, test = (_float(r.get(k)) for k in (N_COL, LR_COL, VAL_COL, TEST_COL))
         if not all(math.isfinite(x) for x in (n, lr, val, test)):
             continue
-        out.append({"model": _model_label(r), "approach": r.get("approach") or "run",
+        out.append({"model": _model_label(r, panel_col), "approach": r.get("approach") or "run",
                     "n_train": int(n), "lr": lr, "val": val, "test": test,
                     "n_params": _float(r.get("n_params"))})
     if not out:
@@ -255,7 +256,7 @@ def plot_data_scaling(selected, models, zero_shot, targets, path, title=""):
         if zs is not None:
             ax.axhline(zs, color="k", ls="--", lw=1, label=f"zero-shot {zs:.3g}")
         for t in targets:
-            ax.axhline(t, color="0.6", ls=":", lw=1)
+            ax.axhline(t, color="0.6", ls=":", lw=1, label=f"target {t:g}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("downstream training examples")
@@ -298,12 +299,12 @@ def plot_model_scaling(selected, models, path, title=""):
 
 
 def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), title="",
-            finetune="finetune", scratch="scratch"):
+            finetune="finetune", scratch="scratch", panel_col="model"):
     """Full analysis: read tables, select on validation, write CSVs and PNGs.
 
     Returns dict with `selected`, `examples`, `lines` (human summary) and `files`.
     """
-    rows = clean_rows([r for spec in specs for r in read_results(spec)])
+    rows = clean_rows([r for spec in specs for r in read_results(spec)], panel_col)
     selected = select_on_validation(rows)
     models = _model_order(rows, selected)
     zs = parse_zero_shot(zero_shot)
@@ -341,6 +342,8 @@ def main(argv=None):
     p.add_argument("--zero_shot", action="append", default=[],
                    help="[MODEL=]ERROR or [MODEL=]eval summary.json (repeatable)")
     p.add_argument("--title", default="")
+    p.add_argument("--panel_col", default="model",
+                   help="column that names the panels: model size (default) or e.g. downstream")
     p.add_argument("--finetune", default="finetune", help="approach label of fine-tuned runs")
     p.add_argument("--scratch", default="scratch", help="approach label of from-scratch runs")
     args = p.parse_args(argv)
@@ -350,7 +353,7 @@ def main(argv=None):
         if any(not (t > 0) for t in targets):
             raise AnalysisError("--target must be > 0")
         res = analyse(args.results, args.out_dir, args.prefix, targets, args.zero_shot,
-                      args.title, args.finetune, args.scratch)
+                      args.title, args.finetune, args.scratch, args.panel_col)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,8 @@
 Conventions (DESIGN.md section 2): a field is an array `u[..., i, j]` holding the value at
 (x_j, y_i) = (j Lx / n, i Ly / n); x runs along the LAST axis, y along the one before. All
 functions are batched over any leading axes, keep the input's floating dtype (float32 or
-float64) and use real FFTs (`scipy.fft.rfft2`: the last axis keeps n // 2 + 1 modes).
+float64) and use real FFTs (`numpy.fft.rfft2`, which keeps float32 in single precision; the last axis
+keeps n // 2 + 1 modes).
 
 Discretisation (one definition, used by the solves, the operators and the residuals):
 - first derivatives multiply by i k with the Nyquist wavenumber set to 0 (an odd symbol
@@ -25,7 +26,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy.fft as sfft
 
 # |symbol| <= SYMBOL_ZERO_TOL * max|symbol| counts as a vanishing mode (only k = 0 for
 # Poisson/AD; for Helmholtz an exact resonance t0 |k|^2 = t1, which floating point never hits
@@ -73,11 +73,11 @@ def _complex_dtype(real_dtype) -> np.dtype:
 
 
 def rfft2(u: np.ndarray) -> np.ndarray:
-    return sfft.rfft2(u, axes=(-2, -1))
+    return np.fft.rfft2(u, axes=(-2, -1))
 
 
 def irfft2(u_hat: np.ndarray, nx: int) -> np.ndarray:
-    return sfft.irfft2(u_hat, s=(u_hat.shape[-2], nx), axes=(-2, -1))
+    return np.fft.irfft2(u_hat, s=(u_hat.shape[-2], nx), axes=(-2, -1))
 
 
 # --- derivative operators (physical space in and out) -------------------------------------
@@ -146,15 +146,22 @@ def operator_symbol(pde: str, tensor: np.ndarray, wk: Wavenumbers) -> np.ndarray
 def solve_hat(f_hat: np.ndarray, symbol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Solve symbol * u_hat = f_hat mode by mode.
 
-    Returns (u_hat, f_hat_projected): modes with a vanishing symbol are 0 in both.
+    Returns (u_hat, f_hat_projected): modes with a vanishing symbol are 0 in both;
+    f_hat_projected is f_hat itself (same object) when nothing had to be projected out.
     """
     mag = np.abs(symbol)
     zero = mag <= SYMBOL_ZERO_TOL * mag.max(axis=(-2, -1), keepdims=True)
-    inv = np.zeros_like(symbol)
-    np.divide(1, symbol, out=inv, where=~zero)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1 / symbol
+    inv[zero] = 0
     if np.any(f_hat[zero] != 0):            # only copy when something is projected out
         f_hat = np.where(zero, 0, f_hat)
-    return f_hat * inv, f_hat
+    if np.iscomplexobj(inv):
+        return f_hat * inv, f_hat
+    # real symbol: scale real and imaginary parts as reals (cheaper than a complex multiply)
+    f_ri = np.ascontiguousarray(f_hat).view(inv.dtype).reshape(*f_hat.shape, 2)
+    u_hat = (f_ri * inv[..., None]).view(f_hat.dtype)[..., 0]
+    return u_hat, f_hat
 
 
 def solve(pde: str, f: np.ndarray, tensor: np.ndarray, Lx: float = 1.0,

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Overview figure: source and solution of a few samples of each PDE, from generated data.
+
+    python utils/plot_overview.py --datapath data/demo --out assets/overview.png
+
+Reads the test splits of the default ranges (Poisson k1_5, AD adr0p2_1, Helmholtz o1_10);
+run ./run_gen_data.sh first.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import h5py  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.h5io import DataError, dataset_path  # noqa: E402
+
+DEFAULT_RANGES = {"poisson": (1, 5), "ad": (0.2, 1), "helmholtz": (1, 10)}
+TITLES = {"poisson": "Poisson", "ad": "advection-diffusion", "helmholtz": "Helmholtz"}
+
+
+def describe(pde, t, other):
+    """Short coefficient label of one sample."""
+    if pde == "poisson":
+        ev = np.linalg.eigvalsh([[t[0], t[2]], [t[2], t[1]]])
+        return f"e = {ev[1] / ev[0]:.2f}"
+    if pde == "ad":
+        return f"ratio = {float(other[0]):.2f}"
+    return f"omega = {int(t[1])}"
+
+
+def plot_overview(datapath, out, per_pde=2, split="test"):
+    fig, axes = plt.subplots(3, 2 * per_pde, figsize=(3.0 * 2 * per_pde, 8.4),
+                             constrained_layout=True)
+    for row, (pde, (lo, hi)) in enumerate(DEFAULT_RANGES.items()):
+        path = dataset_path(datapath, pde, split, lo, hi)
+        if not os.path.exists(path):
+            raise DataError(f"{path} missing (run ./run_gen_data.sh first)")
+        with h5py.File(path, "r") as h:
+            fields, tensor = h["fields"][:per_pde], h["tensor"][:per_pde]
+            other = h["other"][:per_pde] if "other" in h else [None] * per_pde
+        for s in range(per_pde):
+            for c, name in enumerate(("source f", "solution u")):
+                ax = axes[row, 2 * s + c]
+                vmax = np.abs(fields[s, c]).max()
+                im = ax.imshow(fields[s, c], origin="lower", extent=(0, 1, 0, 1),
+                               **(dict(cmap="viridis") if c == 0 else
+                                  dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax)))
+                fig.colorbar(im, ax=ax, shrink=0.8)
+                ax.set_title(f"{TITLES[pde]}: {name}\n{describe(pde, tensor[s], other[s])}",
+                             fontsize=9)
+                ax.set_xticks([0, 1])
+                ax.set_yticks([0, 1])
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("--datapath", default="data/demo")
+    p.add_argument("--out", default="assets/overview.png")
+    p.add_argument("--per_pde", type=int, default=2, help="samples per PDE")
+    args = p.parse_args(argv)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        plot_overview(args.datapath, args.out, args.per_pde)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
