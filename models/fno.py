@@ -137,6 +137,53 @@ def pointwise(x, weight, bias, residual=None):
     return out.view(b, -1, h, w)
 
 
+def _edge_mask(m, n, inner, edge, like):
+    """(m,) real vector: ``edge`` at frequency 0 and at the Nyquist frequency n/2, else ``inner``."""
+    w = torch.full((m,), inner, dtype=like.dtype, device=like.device)
+    w[0] = edge
+    if n % 2 == 0 and m == n // 2 + 1:
+        w[-1] = edge
+    return w
+
+
+class _RFFTLast(torch.autograd.Function):
+    """X = rfft(x, dim=-1)[..., :m]: x (..., n) real -> X (..., m) complex.
+
+    Own backward because autograd's rfft backward zero-pads the gradient to n columns and runs
+    a full complex FFT; the adjoint is one c2r transform of the m retained columns:
+    grad_x = Re(sum_k e^{+2 pi i k j / n} g_k) = irfft(g * w, n, norm="forward") with
+    w = 1/2 except 1 at frequency 0 and n/2 (irfft counts the other bins twice).
+    """
+
+    @staticmethod
+    def forward(ctx, x, m):
+        ctx.n, ctx.m = x.shape[-1], m
+        return torch.fft.rfft(x, dim=-1)[..., :m]
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = _edge_mask(ctx.m, ctx.n, 0.5, 1.0, grad.real)
+        return torch.fft.irfft(grad * w, n=ctx.n, dim=-1, norm="forward"), None
+
+
+class _IRFFTLast(torch.autograd.Function):
+    """y = irfft(Y, n, dim=-1): Y (..., m) complex, m <= n//2 + 1 (zero-padded) -> y (..., n).
+
+    Own backward because autograd's c2r backward scales all n//2 + 1 bins before slicing:
+    grad_Y = rfft(g)[..., :m] * c / n with c = 2 except 1 at frequency 0 and n/2.
+    """
+
+    @staticmethod
+    def forward(ctx, spec, n):
+        ctx.n, ctx.m = n, spec.shape[-1]
+        return torch.fft.irfft(spec, n=n, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        c = _edge_mask(ctx.m, ctx.n, 2.0 / ctx.n, 1.0 / ctx.n, grad)
+        return torch.fft.rfft(grad, dim=-1)[..., :ctx.m] * c, None
+
+
 class _ModeContraction(torch.autograd.Function):
     """out = x @ w per mode: x (M, B, Ci), w (M, Ci, Co) complex -> (M, B, Co).
 
@@ -201,11 +248,11 @@ class SpectralConv2d(nn.Module):
         m1, m2 = self.modes1, self.modes2
         self.check_size(h, w)
         dtype = x.dtype
-        # FFT and contraction in float32 even under bf16 autocast.
+        # FFT and contraction in (at least) float32 even under bf16/fp16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            x = x.to(self.weight.dtype) if x.dtype in (torch.float16, torch.bfloat16) else x
             # Pruned rfft2: only m2 columns go through the FFT along H.
-            x_ft = torch.fft.rfft(x, dim=-1)[..., :m2]
+            x_ft = _RFFTLast.apply(x, m2)
             x_ft = torch.fft.fft(x_ft, dim=-2)
             # Both corners gathered mode-major in one copy: (2m1, m2, B, Ci), contiguous.
             x_ft = torch.cat([x_ft[:, :, :m1].permute(2, 3, 0, 1),
@@ -219,7 +266,7 @@ class SpectralConv2d(nn.Module):
             out_ft[:, :, :m1] = out[:, :, :m1]
             out_ft[:, :, h - m1:] = out[:, :, m1:]
             out_ft = torch.fft.ifft(out_ft, dim=-2)
-            y = torch.fft.irfft(out_ft, n=w, dim=-1)
+            y = _IRFFTLast.apply(out_ft, w)
         return y.to(dtype)
 
 

@@ -21,7 +21,8 @@ def test_two_ranks_equal_one_process(tmp_path):
     # 44 training samples: the last partial batch is dropped identically in both settings;
     # 15 validation samples: uneven shards, metrics must still be exact averages.
     data = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(44, 15, 8))
-    cfg = tiny_config(tmp_path, data, batch_size=8, valid_batch_size=4, max_epochs=2, lr=1e-3)
+    cfg = tiny_config(tmp_path, data, batch_size=8, valid_batch_size=4, max_epochs=2, lr=1e-3,
+                      optimizer="sgd")  # SGD: a wrong gradient scale would show (Adam hides it)
     args = ["train.py", "--yaml_config", cfg, "--config", "tiny", "--root_dir", str(tmp_path / "res")]
     run([sys.executable, *args, "--run_num", "one"], tmp_path)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -204,7 +204,8 @@ def test_lattice_sources_and_their_exact_spectrum():
     assert np.allclose(centres[[0, -1]], [0.15625, 0.84375])
     A = np.zeros((1, m, m))
     A[0, 3, 7] = 0.5                   # y centre 3, x centre 7
-    f, f_hat = sampling.gaussian_sources(A, G, sampling.lattice_factors_hat(G))
+    f = sampling.gaussian_sources(A, G)
+    f_hat = sampling.gaussian_sources_hat(A, sampling.lattice_factors_hat(G))
     X, Y = np.meshgrid(np.arange(n) / n, np.arange(n) / n)
     ref = 0.5 * np.exp(-((X - centres[7]) ** 2 + (Y - centres[3]) ** 2) / (2 / 32 ** 2))
     assert np.allclose(f[0], ref, atol=1e-14)
@@ -262,9 +263,11 @@ def test_failure_mid_run_leaves_no_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []                   # no final file, no temporary left
 
 
-def test_residual_check_stops_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(gen_common, "RESIDUAL_TOL", 1e-16)
-    with pytest.raises(DataError, match="residual"):
+@pytest.mark.parametrize("name,msg", [("RESIDUAL_TOL", "residual"),
+                                      ("FLOAT32_TOL", "float32 solution deviates")])
+def test_checks_stop_the_run(tmp_path, monkeypatch, name, msg):
+    monkeypatch.setattr(gen_common, name, 1e-16)      # a solution this exact cannot exist
+    with pytest.raises(DataError, match=msg):
         generate(tmp_path, "poisson", ntrain=32, nval=32, ntest=32)
     assert os.listdir(tmp_path) == []
 

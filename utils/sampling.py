@@ -106,19 +106,22 @@ def amplitudes(u: np.ndarray, vf: np.ndarray, ng: int, sparse: bool) -> np.ndarr
     return amp.reshape(B, m, m)
 
 
-def gaussian_sources(A: np.ndarray, G: np.ndarray, G_hat: np.ndarray | None = None):
-    """Sum of lattice Gaussians, unnormalised: f = G^T A G, (B, n, n) float64.
+def gaussian_sources(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Sum of lattice Gaussians f = G^T A G, (B, n, n) float64, for amplitudes A (B, m, m)."""
+    return np.matmul(G.T, np.matmul(A, G))
 
-    With G_hat = rfft of the rows of G (m, n//2+1) and Gy_hat = fft (given as the pair
-    (Gy_hat, Gx_hat)), also returns rfft2(f) = Gy_hat^T A Gx_hat exactly (separability of the
-    DFT), which saves the forward FFT of every sample.
+
+def gaussian_sources_hat(A: np.ndarray, G_hat: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """rfft2 of gaussian_sources(A, G), (B, n, n//2+1) complex128, without an FFT.
+
+    The DFT is separable: rfft2(G^T A G) = Gy_hat^T A Gx_hat with G_hat = (Gy_hat, Gx_hat) =
+    lattice_factors_hat(G), exact up to rounding. A is real, so A Gx_hat is one real GEMM on
+    the (re, im) pairs of Gx_hat.
     """
-    f = np.matmul(G.T, np.matmul(A, G))
-    if G_hat is None:
-        return f
     Gy_hat, Gx_hat = G_hat
-    f_hat = np.matmul(Gy_hat.T, np.matmul(A.astype(Gx_hat.dtype), Gx_hat))
-    return f, f_hat
+    m, nk = Gx_hat.shape
+    X = A.reshape(-1, m) @ np.ascontiguousarray(Gx_hat).view(np.float64)
+    return np.matmul(Gy_hat.T, X.view(np.complex128).reshape(len(A), m, nk))
 
 
 def lattice_factors_hat(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -156,12 +156,7 @@ def solve_hat(f_hat: np.ndarray, symbol: np.ndarray) -> tuple[np.ndarray, np.nda
     inv[zero] = 0
     if np.any(f_hat[zero] != 0):            # only copy when something is projected out
         f_hat = np.where(zero, 0, f_hat)
-    if np.iscomplexobj(inv):
-        return f_hat * inv, f_hat
-    # real symbol: scale real and imaginary parts as reals (cheaper than a complex multiply)
-    f_ri = np.ascontiguousarray(f_hat).view(inv.dtype).reshape(*f_hat.shape, 2)
-    u_hat = (f_ri * inv[..., None]).view(f_hat.dtype)[..., 0]
-    return u_hat, f_hat
+    return f_hat * inv, f_hat
 
 
 def solve(pde: str, f: np.ndarray, tensor: np.ndarray, Lx: float = 1.0,

@@ -253,6 +253,34 @@ def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None
     return state["run_dir"]
 
 
+def apply_settings(params, settings):
+    """Write a trial's settings into a params object (YParams or dict), logging each."""
+    for key, value in settings.items():
+        if key not in params:
+            logger.info("sweep setting %s=%r: not in the config, added", key, value)
+        params[key] = value
+    return params
+
+
+def log_trial_to_wandb(run_dir):
+    """Send a finished trial's metrics.jsonl (per epoch) and train_summary.json to the active
+    W&B run of the agent (rank 0). The trainer's own W&B logging is off in sweep trials: a
+    second wandb.init inside an agent trial would end the trial's run."""
+    import wandb
+    if wandb.run is None:
+        return
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            for line in f:
+                row = json.loads(line)
+                wandb.run.log(row, step=int(row.get("epoch", 0)))
+    except OSError:
+        logger.warning("no metrics.jsonl in %s", run_dir)
+    summary = _read_json(os.path.join(run_dir, "train_summary.json"))
+    if summary:
+        wandb.run.summary.update(summary)
+
+
 # ----------------------------------------------------------------------------- local runner
 def _read_json(path):
     try:
