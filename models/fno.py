@@ -133,7 +133,7 @@ def pointwise(x, weight, bias, residual=None):
         out = torch.baddbmm(bias[:, None], weight, x3)
     else:
         out = torch.baddbmm(residual.reshape(b, -1, h * w), weight, x3)
-        out = out + bias[:, None]
+        out = out + bias.to(out.dtype)[:, None]  # keep bf16 under autocast (no promotion)
     return out.view(b, -1, h, w)
 
 

@@ -1,5 +1,4 @@
 """Data layer: per-instance normalisation, subsampling, ordering, sharding, errors."""
-import os
 
 import h5py
 import numpy as np

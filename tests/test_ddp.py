@@ -44,3 +44,85 @@ def test_two_ranks_equal_one_process(tmp_path):
             assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])
     hp = open(tmp_path / "res/expts/tiny/two/hyperparams.yaml").read()
     assert "local_batch_size: 4" in hp and "global_batch_size: 8" in hp
+
+
+def test_export_ddp_vars_maps_slurm():
+    env = dict(os.environ, SLURM_PROCID="5", SLURM_LOCALID="1", SLURM_NTASKS="8",
+               SLURM_JOB_NODELIST="nodeA", MASTER_ADDR="nodeA")
+    env.pop("MASTER_PORT", None)
+    out = subprocess.run(["bash", "-c", "source export_DDP_vars.sh && echo $RANK $LOCAL_RANK "
+                          "$WORLD_SIZE $MASTER_ADDR $MASTER_PORT"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["5", "1", "8", "nodeA", "29500"]
+    bad = subprocess.run(["bash", "-c", "unset SLURM_PROCID; source export_DDP_vars.sh"],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "srun task" in bad.stderr
+
+
+def test_run_sh_slurm_branch(tmp_path):
+    """run.sh inside slurm: srun (stub: one task) + export_DDP_vars.sh -> train, then eval."""
+    data = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(16, 4, 4))
+    cfg = tiny_config(tmp_path, data, max_epochs=1)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "scontrol").write_text("#!/bin/bash\necho fakenode\n")
+    # srun stub: drop the options, run the task command as task 0 of 1
+    (stubs / "srun").write_text('#!/bin/bash\necho "srun $*" >> "$SRUN_LOG"\n'
+                                'while [ "$1" != bash ]; do shift; done\n'
+                                'SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 exec "$@"\n')
+    for f in ("scontrol", "srun"):
+        os.chmod(stubs / f, 0o755)
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", SLURM_JOB_ID="1",
+               SLURM_JOB_NODELIST="fakenode", SRUN_LOG=str(tmp_path / "srun.log"),
+               CONFIG_FILE=cfg, CONFIG="tiny", RUN_NUM="r", ROOT_DIR=str(tmp_path / "res"),
+               NGPU_PER_NODE="2", WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run(["bash", "run.sh", "--set", "lr=2e-3"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = open(tmp_path / "srun.log").read()
+    assert "--ntasks-per-node 2" in log and "--gpus-per-node 2" in log
+    assert "source export_DDP_vars.sh" in log
+    assert "test relative L2 error" in res.stdout
+    run = tmp_path / "res/expts/tiny/r"
+    assert (run / "eval/summary.json").exists()
+    assert "lr: 0.002" in open(run / "hyperparams.yaml").read()
+
+
+def _children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_signal_to_one_rank_stops_all_with_checkpoint(tmp_path):
+    """SIGUSR1 to rank 1 only: both ranks agree to stop after the same step, rank 0 saves."""
+    import signal
+    import time
+
+    data = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(32, 4, 4))
+    cfg = tiny_config(tmp_path, data, max_epochs=100000, batch_size=4)
+    env = dict(os.environ, WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "train.py", "--yaml_config", cfg, "--config",
+                             "tiny", "--run_num", "0", "--root_dir", str(tmp_path / "res")],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "res/expts/tiny/0/metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    workers = sorted(_children(proc.pid))
+    assert len(workers) == 2 and metrics.exists()
+    os.kill(workers[1], signal.SIGUSR1)  # the later-started worker (rank 0 or 1, either works)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    ck = torch.load(tmp_path / "res/expts/tiny/0/checkpoints/ckpt.tar", weights_only=False)
+    assert ck["epoch"] >= 1 and ck["world_size"] == 2
+    assert ck["iters"] == ck["epoch"] * 8 + ck["step_in_epoch"]

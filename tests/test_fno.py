@@ -216,11 +216,13 @@ def test_autocast_keeps_spectral_layer_float32():
     torch.manual_seed(0)
     layer = SpectralConv2d(4, 4, 3, 3)
     x = torch.randn(2, 4, 12, 12)
+    torch.set_grad_enabled(False)
     y32 = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_auto = layer(x)                        # float32 input: bit-identical result
         y_bf16 = layer(x.bfloat16())             # bf16 input: computed in float32, cast back
     assert y_auto.dtype == torch.float32 and torch.equal(y_auto, y32)
+    torch.set_grad_enabled(True)
     assert y_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(y_bf16.float(), y32, rtol=2e-2, atol=2e-2 * float(y32.abs().max()))
 

@@ -191,3 +191,24 @@ def test_sigterm_cli_saves_and_exits_zero(cfg, tmp_path):
     assert "received signal" in err
     ck = load(run / "checkpoints/ckpt.tar")
     assert ck["epoch"] >= 1 and not (run / "train_summary.json").exists()
+
+
+def test_wandb_logging_disabled_mode(cfg, tmp_path, monkeypatch):
+    """log_to_wandb + plot_figs under WANDB_MODE=disabled: metrics and a figure are logged."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logged = []
+    real_init = wandb.init
+
+    def init(**kw):
+        run = real_init(**kw)
+        real_log = run.log
+        monkeypatch.setattr(run, "log", lambda d, step=None: (logged.append((d, step)), real_log(d, step=step)))
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    make(cfg, tmp_path / "run", max_epochs=2, log_to_wandb=True, plot_figs=True).fit()
+    assert [s for _, s in logged] == [1, 2]
+    assert {"val_rel_l2", "train_loss", "lr"} <= set(logged[0][0])
+    assert isinstance(logged[0][0]["vis"], wandb.Image)

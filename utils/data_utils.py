@@ -20,6 +20,10 @@ see, step for step, exactly the samples one process sees with batch B, and an ep
 does not depend on any global RNG (exact resume). Validation/test samplers split the samples
 into contiguous per-rank shards without padding or dropping, so metrics summed over ranks are
 exact averages over every sample.
+
+Extension point (mixed physics, DESIGN.md section 5): several files and a 7-channel layout
+only change how (source, tensor) rows are gathered (`PDEDataset._read_rows`); the
+normalisation `normalize_inputs` takes any (B, k) coefficient array and a scales vector.
 """
 import logging
 import os

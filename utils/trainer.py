@@ -441,7 +441,7 @@ class Trainer:
             return summary
         finally:
             self._restore_signal_handlers()
-            if wandb_run:
+            if wandb_run and self._own_wandb_run:
                 wandb_run.finish()
 
     # ---------------------------------------------------------------- W&B
@@ -450,6 +450,10 @@ class Trainer:
             return None
         import wandb
 
+        if wandb.run is not None:  # inside a W&B sweep trial: log into the trial's run
+            self._own_wandb_run = False
+            return wandb.run
+        self._own_wandb_run = True
         os.makedirs(os.path.join(self.run_dir, "wandb"), exist_ok=True)
         return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
                           group=f"op_{self.params.config_name}", project=self.params.get("project"),
