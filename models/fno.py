@@ -17,12 +17,15 @@ Speed notes (CPU and GPU):
   contracted with ONE batched complex matmul, the weights being stored mode-major so no weight
   permute/copy happens per step;
 - the FFTs are pruned: rfft along W keeps only m2 columns before the FFT along H, and the
-  inverse only transforms the m2 non-zero columns along H (irfft pads the rest);
-- pointwise layers are plain matmuls on the (B, C, H*W) view: no permutes of activations.
-- under CUDA bf16 autocast the FFTs and the spectral contraction run in float32.
+  inverse only transforms the m2 non-zero columns along H (irfft pads the rest); the real
+  transforms have hand-written adjoints (autograd's would run full-size complex FFTs);
+- complex bmm falls back to a slow per-matrix loop on CPU for strided operands: the
+  contraction's operands and gradients are made contiguous (mode-major) first;
+- pointwise layers are (b)addbmm on the (B, C, H*W) view: no permutes of activations;
+- under bf16 autocast (params.amp, CUDA) the FFTs and the spectral contraction run in float32;
+- torch.compile (params.compile, applied by the trainer) works; inductor leaves the complex
+  ops to eager kernels.
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -138,7 +141,7 @@ def pointwise(x, weight, bias, residual=None):
 
 
 def _edge_mask(m, n, inner, edge, like):
-    """(m,) real vector: ``edge`` at frequency 0 and at the Nyquist frequency n/2, else ``inner``."""
+    """(m,) real vector: `edge` at frequency 0 and at the Nyquist frequency n/2, else `inner`."""
     w = torch.full((m,), inner, dtype=like.dtype, device=like.device)
     w[0] = edge
     if n % 2 == 0 and m == n // 2 + 1:
@@ -259,7 +262,8 @@ class SpectralConv2d(nn.Module):
                               x_ft[:, :, h - m1:].permute(2, 3, 0, 1)], dim=0)
             # One contraction over both corners: (modes, B, Ci) @ (modes, Ci, Co).
             x_ft = x_ft.view(2 * m1 * m2, b, self.in_channels)
-            out = _ModeContraction.apply(x_ft, torch.view_as_complex(self.weight))       # (modes, B, Co)
+            weight = torch.view_as_complex(self.weight)
+            out = _ModeContraction.apply(x_ft, weight)                  # (modes, B, Co)
             out = out.view(2 * m1, m2, b, self.out_channels).permute(2, 3, 0, 1)
             # Zero-filled spectrum with only the m2 retained columns; irfft pads to W//2+1.
             out_ft = out.new_zeros(b, self.out_channels, h, m2)

@@ -298,6 +298,9 @@ class Trainer:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             try:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+                # restart interrupted system calls (SA_RESTART): a signal must not break a
+                # blocking read of the communication library's threads (gloo/nccl sockets)
+                signal.siginterrupt(sig, False)
             except ValueError:  # not the main thread (e.g. inside a notebook worker)
                 pass
 
@@ -305,9 +308,15 @@ class Trainer:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
 
-    def _sync_flags(self, loss):
-        """(stop requested on any rank, non-finite loss on any rank), agreed by all ranks."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    def _sync_flags(self, loss=None):
+        """(stop requested on any rank, non-finite loss on any rank), agreed by all ranks.
+
+        Collective under DDP: every rank calls it at the same points (each step, each epoch end).
+        """
+        if loss is None:
+            bad = torch.zeros(1, device=self.device)
+        else:
+            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         stop = torch.full((1,), float(self._stop_signal is not None), device=bad.device)
         flags = torch.cat([stop, bad])
         if self.distributed:
@@ -427,7 +436,7 @@ class Trainer:
                                  row["train_samples_per_s"], "  *best" if is_best else "")
                     if wandb_run:
                         self._log_wandb(wandb_run, row, examples)
-                if self._stop_signal is not None:
+                if self._sync_flags()[0]:  # agreed: a signal may have reached one rank only
                     logging.warning("stopped by signal after epoch %d; checkpoint %s", epoch,
                                     self.ckpt_path)
                     return dict(stopped=True, epoch=self.epoch, iters=self.iters)
