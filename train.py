@@ -51,6 +51,29 @@ def run_training(params, args, run_dir=None):
     return trainer.fit()
 
 
+def run_sweep_trial(params, args):
+    """`--sweep_id ID`: one W&B sweep trial on every rank (utils/sweeps.run_wandb_trial).
+
+    Rank 0 runs the W&B agent (count=1) and reads the trial's settings from wandb.config;
+    torch.distributed broadcasts them to all ranks; each rank trains with the settings into
+    {root_dir}/sweeps/ID/{trial name}/. Returns that run directory (None: no trial left).
+    """
+    from utils.sweeps import apply_settings, record_trial_summary, run_wandb_trial
+    from utils.trainer import setup_distributed
+
+    _, rank, _, _ = setup_distributed()   # the broadcast needs the process group now
+    params["log_to_wandb"] = True          # the trainer logs into the agent's open trial run
+
+    def train_fn(settings, run_dir):
+        apply_settings(params, settings)
+        summary = run_training(params, args, run_dir=run_dir)
+        if rank == 0:
+            record_trial_summary(summary)
+
+    return run_wandb_trial(args.sweep_id, args.root_dir, train_fn, rank=rank,
+                           entity=params.get("entity"), project=params.get("project"))
+
+
 def main(argv=None):
     configure_malloc()
     args = build_parser().parse_args(argv)
@@ -61,11 +84,11 @@ def main(argv=None):
 
     config_logger()
     try:
-        if args.sweep_id:
-            from utils.YParams import ConfigError
-            raise ConfigError("--sweep_id: W&B sweeps are not available in this version")
         params = load_params(args)
-        run_training(params, args)
+        if args.sweep_id:
+            run_sweep_trial(params, args)
+        else:
+            run_training(params, args)
     except (UserError, FNOConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

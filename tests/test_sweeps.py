@@ -298,3 +298,51 @@ def test_local_runner_end_to_end_with_interruption(tmp_path):
     # the first trial was trained once; the interrupted one was started twice
     assert (sweep_dir / "logs" / "lr1em3_s1.train.log").read_text().count("$ ") == 1
     assert second_log.read_text().count("$ ") == 2
+
+
+SWEEP_TRAIN_SCRIPT = r'''
+import json, sys
+import wandb
+sys.path.insert(0, {repo!r})
+logged = []
+
+class FakeRun:   # the agent's trial run (stand-in: no W&B server)
+    def __init__(self, *a, **k):
+        self.config = {{"lr": 2e-3, "subsample": 4}}
+        self.name, self.summary = None, {{}}
+    def log(self, row, step=None):
+        logged.append(step)
+    def finish(self):
+        pass
+
+def agent(sweep_id, function, count, entity=None, project=None):
+    assert sweep_id == "swp1" and count == 1
+    function()
+
+wandb.agent, wandb.init = agent, FakeRun
+import train
+train.main(sys.argv[2:])
+json.dump(logged, open(sys.argv[1], "w"))
+'''
+
+
+def test_train_py_sweep_id_runs_the_agent_trial(tmp_path):
+    """train.py --sweep_id: the trial's settings drive training into {root}/sweeps/ID/NAME/."""
+    from tests.helpers import tiny_config, write_poisson_set
+
+    data = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(32, 8, 8))
+    cfg = tiny_config(tmp_path, data, max_epochs=2, batch_size=4)
+    script = tmp_path / "sweep_train.py"
+    script.write_text(SWEEP_TRAIN_SCRIPT.format(repo=REPO))
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, str(script), str(tmp_path / "logged.json"),
+                        "--yaml_config", cfg, "--config", "tiny", "--root_dir",
+                        str(tmp_path / "res"), "--sweep_id", "swp1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "res" / "sweeps" / "swp1" / "lr2em3_s4"
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["n_train"] == 8 and summary["epochs"] == 2           # 32 // subsample 4
+    hp = yaml.safe_load((run / "hyperparams.yaml").read_text())
+    assert hp["lr"] == 2e-3 and hp["subsample"] == 4
+    assert json.loads((tmp_path / "logged.json").read_text()) == [1, 2]  # epochs -> trial run

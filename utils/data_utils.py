@@ -21,8 +21,9 @@ does not depend on any global RNG (exact resume). Validation/test samplers split
 into contiguous per-rank shards without padding or dropping, so metrics summed over ranks are
 exact averages over every sample.
 
-Extension point (mixed physics, DESIGN.md section 5): several files and a 7-channel layout
-only change how (source, tensor) rows are gathered (`PDEDataset._read_rows`); the
+Mixed physics (DESIGN.md section 5): with `channel_layout: mixed` each file's coefficients are
+mapped to the 7-channel layout [f, K11, K22, K12, v1, v2, omega] in `PDEDataset._read_rows`
+(utils/mixed_data.py), and a split given as a LIST of files is one `MultiFileDataset`; the
 normalisation `normalize_inputs` takes any (B, k) coefficient array and a scales vector.
 """
 import logging
@@ -150,12 +151,18 @@ class PDEDataset(Dataset):
         self.n_total = info["n_samples"]
         self.img_shape = info["shape"]  # (H, W) = (ny, nx)
         self.n_tensor = info["n_tensor"]
-        self.in_channels = 1 + self.n_tensor
+        # channel_layout 'mixed': coefficients in the 7-channel layout of the three PDEs
+        # (DESIGN.md section 5, utils/mixed_data.py); 'native': the file's own columns
+        self.layout = params.get("channel_layout", "native") or "native"
+        self._coef = _coefficient_map(self.layout, location, self.n_tensor)
+        self.n_coef = self._coef.n_out if self._coef else self.n_tensor
+        self.in_channels = 1 + self.n_coef
         in_dim = params.get("in_dim")
         if in_dim is not None and int(in_dim) != self.in_channels:
-            raise DataError(f"{location} gives 1 source + {self.n_tensor} coefficient channels = "
-                            f"{self.in_channels} input channels, but the config has in_dim = {in_dim}")
-        self.scales = load_scales(params.get("scales_path"), self.n_tensor)
+            raise DataError(f"{location} gives 1 source + {self.n_coef} coefficient channels = "
+                            f"{self.in_channels} input channels ({self.layout} layout), but the "
+                            f"config has in_dim = {in_dim}")
+        self.scales = load_scales(params.get("scales_path"), self.n_coef)
         lx, ly = self.scales[-2], self.scales[-1]
         self.measure = (lx / self.img_shape[1]) * (ly / self.img_shape[0])
         self.ref_measure = self.measure
@@ -213,6 +220,8 @@ class PDEDataset(Dataset):
             inv = np.empty_like(order)
             inv[order] = np.arange(len(order))
             fields, tensor = fields[inv], tensor[inv]
+        if self._coef:
+            tensor = self._coef(tensor)
         return fields[:, 0], fields[:, 1:2], tensor
 
     def __getitems__(self, indices):
@@ -234,9 +243,75 @@ class PDEDataset(Dataset):
         return x[0], y[0]
 
 
+def _coefficient_map(layout, location, n_tensor):
+    """Callable (B, k) -> (B, k') mapping the file's coefficients to `layout`, or None."""
+    if layout == "native":
+        return None
+    if layout == "mixed":
+        from utils.mixed_data import MixedDataError, coefficient_map
+        try:
+            return coefficient_map(location, n_tensor)
+        except MixedDataError as e:
+            raise DataError(str(e)) from e
+    raise DataError(f"channel_layout must be 'native' or 'mixed', got {layout!r}")
+
+
+def resolve_paths(paths):
+    """List of split files from a config: relative entries are relative to the repository
+    root, like the single-file paths that YParams resolves."""
+    from utils.YParams import REPO_ROOT
+    return [p if os.path.isabs(p) else os.path.normpath(os.path.join(REPO_ROOT, p))
+            for p in paths]
+
+
+class MultiFileDataset(Dataset):
+    """Concatenation of PDEDatasets (same grid and channels) with batched `__getitems__`.
+
+    Dataset index i runs over the files in order; a batch is read with one call per file
+    and returned in the requested order: (X (B, C, H, W), y (B, 1, H, W)).
+    """
+
+    def __init__(self, parts):
+        shapes = {(p.img_shape, p.in_channels) for p in parts}
+        if len(shapes) != 1:
+            raise DataError("the files of one split must share grid and input channels, got "
+                            + ", ".join(f"{p.path}: {p.img_shape} x {p.in_channels}" for p in parts))
+        self.parts = parts
+        self.img_shape, self.in_channels = parts[0].img_shape, parts[0].in_channels
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.path = [p.path for p in parts]
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitems__(self, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} samples")
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        x = y = None
+        for j in np.unique(part):
+            sel = np.nonzero(part == j)[0]
+            xj, yj = self.parts[j].__getitems__(idx[sel] - self.offsets[j])
+            if x is None:
+                x = xj.new_empty((len(idx),) + tuple(xj.shape[1:]))
+                y = yj.new_empty((len(idx),) + tuple(yj.shape[1:]))
+            rows = torch.from_numpy(sel)
+            x[rows], y[rows] = xj, yj
+        return x, y
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (list, tuple, np.ndarray)):
+            return self.__getitems__(idx)
+        x, y = self.__getitems__([int(idx)])
+        return x[0], y[0]
+
+
 def _reference_shape(params, own_shape):
     """Grid (H, W) the scales were computed on: the training file's (its header only)."""
     train_path = params.get("train_path")
+    if isinstance(train_path, (list, tuple)):  # several train files share one grid
+        train_path = resolve_paths(train_path)[0] if train_path else None
     if train_path and os.path.isfile(train_path):
         try:
             with h5py.File(train_path, "r") as f:
@@ -317,7 +392,10 @@ def get_data_loader(params, location, distributed, train=True):
     """
     world = dist.get_world_size() if distributed else 1
     rank = dist.get_rank() if distributed else 0
-    dataset = PDEDataset(params, location, train)
+    if isinstance(location, (list, tuple)):   # one split made of several files (mixed physics)
+        dataset = MultiFileDataset([PDEDataset(params, p, train) for p in resolve_paths(location)])
+    else:
+        dataset = PDEDataset(params, location, train)
     if train:
         global_batch = effective_batch_size(params.get("batch_size", 1), len(dataset), world)
         sampler = TrainSampler(dataset, world, rank, int(params.get("seed", 0) or 0))

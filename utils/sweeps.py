@@ -4,7 +4,9 @@ One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of runn
 
 * with a W&B server: `train.py --sweep_id ID` calls `run_wandb_trial`, which runs ONE agent
   trial on rank 0, reads the trial's settings from `wandb.config` and broadcasts them to every
-  rank with torch.distributed (no MPI). Its run directory is `{root_dir}/sweeps/{ID}/{name}/`.
+  rank with torch.distributed (no MPI). Its run directory is `{root_dir}/sweeps/{ID}/{name}/`;
+  the trainer logs each epoch into the trial's W&B run and `record_trial_summary` adds the
+  final summary (the sweep metric `best_val_rel_l2`).
 * without a server: `python utils/sweeps.py --sweep ... --yaml_config ... --config ...
   --root_dir ...` expands the grid (or samples `random`/`bayes` trials offline with W&B's
   open-source `sweeps` engine when installed) and runs each trial as subprocesses
@@ -262,23 +264,13 @@ def apply_settings(params, settings):
     return params
 
 
-def log_trial_to_wandb(run_dir):
-    """Send a finished trial's metrics.jsonl (per epoch) and train_summary.json to the active
-    W&B run of the agent (rank 0). The trainer's own W&B logging is off in sweep trials: a
-    second wandb.init inside an agent trial would end the trial's run."""
+def record_trial_summary(summary):
+    """Put a finished trial's train summary into the active W&B run (rank 0, inside the
+    agent's trial): `best_val_rel_l2`, the sweep's metric, is not an epoch-logged key."""
     import wandb
-    if wandb.run is None:
-        return
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            for line in f:
-                row = json.loads(line)
-                wandb.run.log(row, step=int(row.get("epoch", 0)))
-    except OSError:
-        logger.warning("no metrics.jsonl in %s", run_dir)
-    summary = _read_json(os.path.join(run_dir, "train_summary.json"))
-    if summary:
-        wandb.run.summary.update(summary)
+    if wandb.run is not None and summary:
+        wandb.run.summary.update({k: v for k, v in summary.items()
+                                  if isinstance(v, (int, float, str))})
 
 
 # ----------------------------------------------------------------------------- local runner

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from utils.YParams import ConfigError, UserError
 from utils.data_utils import get_data_loader
-from utils.finetune import clean_state_dict, load_pretrained
+from utils.finetune import clean_state_dict, freeze_parameters, load_pretrained
 from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples, write_json_atomic
 
 
@@ -183,6 +183,8 @@ class Trainer:
         self.global_batch = self.local_batch * self.world
 
         self.raw_model = fno(params).to(self.device)  # the module whose state is saved
+        # frozen before the optimizer and DDP see the model; re-applied on resume
+        self.frozen = freeze_parameters(self.raw_model, params.get("freeze"))
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         self.optimizer = build_optimizer(params, self.raw_model)
         self.scheduler = build_scheduler(params, self.optimizer)
@@ -198,7 +200,8 @@ class Trainer:
         if self.resumed:
             self._restore(self.ckpt_path)
         elif params.get("pretrained"):
-            load_pretrained(self.raw_model, params.pretrained)  # weights only, fresh optimizer
+            load_pretrained(self.raw_model, params.pretrained,  # weights only, fresh optimizer
+                            strict=bool(params.get("pretrained_strict", True)))
 
         model = self.raw_model
         if self.distributed:

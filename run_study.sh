@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Transfer-learning study, Poisson (the headline): pre-train an FNO on diffusion eigenvalue
+# range (1,5), then train on the shifted range (5,10) with n downstream examples, fine-tuned
+# from the pre-trained weights and from scratch, for every n and learning rate; pick each
+# n's learning rate on VALIDATION error; plot test error vs n and say how many examples each
+# approach needs for a target error.
+#
+#   bash run_study.sh                     # PRESET=cpu: 2 CPU cores, < 60 min, 64x64 grid
+#   PRESET=paper LAUNCHER="torchrun --standalone --nproc_per_node=4" bash run_study.sh
+#                                         # paper scale on a GPU node (days; or use W&B, README)
+#
+# Environment (defaults per preset): ROOT (results root), JOBS (trials at once), LRS and
+# SUBSAMPLES (comma lists replacing the sweep file's values), TARGETS (space-separated target
+# errors), OUT (figure directory), PREFIX (output names), LAUNCHER (prefix of train.py),
+# PYTHON, EXTRA_SET (space-separated key=value overrides for every training run, e.g.
+# "max_epochs=2" for a smoke test). Every step is resumable: rerun the same command after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PRESET=${PRESET:-cpu}
+PYTHON=${PYTHON:-python}
+YAML=configs/operators_poisson.yaml
+case "$PRESET" in
+  cpu)
+    ROOT=${ROOT:-results/study}
+    PT=poisson-cpu-pt-k1_5; FT=poisson-cpu-ft-k5_10; SC=poisson-cpu-scratch-k5_10
+    JOBS=${JOBS:-2}
+    LRS=${LRS:-"1e-3,3e-3"}
+    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64"}      # 512 .. 8 downstream examples
+    TARGETS=${TARGETS:-"0.2 0.1"}
+    OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
+    # pre-training and downstream sets use different seeds (independent sources)
+    PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="1,5" \
+      NTRAIN=2048 NVAL=128 NTEST=128 SEED=0 PYTHON=$PYTHON bash run_gen_data.sh
+    PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="5,10" \
+      NTRAIN=512 NVAL=64 NTEST=256 SEED=1 PYTHON=$PYTHON bash run_gen_data.sh ;;
+  paper)
+    ROOT=${ROOT:-results}
+    PT=poisson-scale-k1_5; FT=poisson-ft-k5_10; SC=poisson-scratch-k5_10
+    JOBS=${JOBS:-1}
+    LRS=${LRS:-"1e-5,5e-5,1e-4,5e-4,1e-3"}
+    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128,256,512,1024,2048,4096"}
+    TARGETS=${TARGETS:-"0.01"}
+    OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_paper}
+    PRESET=paper PDES=poisson POISSON_RANGES="1,5 5,10" PYTHON=$PYTHON bash run_gen_data.sh ;;
+  *) echo "error: PRESET must be cpu or paper (got '$PRESET')" >&2; exit 2 ;;
+esac
+read -r -a LAUNCH <<< "${LAUNCHER:-$PYTHON}"
+SETS=()
+for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
+
+# 1. pre-training (resumes from its checkpoint if interrupted; skipped when finished)
+PT_RUN=$ROOT/expts/$PT/0
+WEIGHTS=$PT_RUN/checkpoints/ckpt_best.tar
+if [ ! -f "$PT_RUN/train_summary.json" ]; then
+  "${LAUNCH[@]}" train.py --yaml_config $YAML --config $PT --run_num 0 --root_dir "$ROOT" \
+    ${SETS[@]+"${SETS[@]}"}
+fi
+[ -f "$PT_RUN/eval/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $PT \
+  --run_num 0 --root_dir "$ROOT" --weights "$WEIGHTS"
+
+# 2. zero-shot: the pre-trained model on the downstream test set (pre-training scales)
+ZS=$ROOT/zeroshot/$FT
+[ -f "$ZS/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $FT \
+  --run_num zeroshot --root_dir "$ROOT" --weights "$WEIGHTS" --out_dir "$ZS"
+
+# 3. downstream sweeps: lr x subsample, fine-tuned and from scratch (resumable)
+SWEEP=(--sweep configs/sweep_config.yaml --yaml_config $YAML --root_dir "$ROOT"
+       --values "lr=$LRS" --values "subsample=$SUBSAMPLES" --jobs "$JOBS"
+       ${SETS[@]+"${SETS[@]}"})
+[ -n "${LAUNCHER:-}" ] && SWEEP+=(--launcher "$LAUNCHER")
+$PYTHON utils/sweeps.py "${SWEEP[@]}" --config $FT --name "${PREFIX}_finetune" \
+  --set "pretrained=$WEIGHTS" --tag approach=finetune
+$PYTHON utils/sweeps.py "${SWEEP[@]}" --config $SC --name "${PREFIX}_scratch" \
+  --tag approach=scratch
+
+# 4. figure, tables and the examples-needed statement
+TARGET_ARGS=()
+for t in $TARGETS; do TARGET_ARGS+=(--target "$t"); done
+$PYTHON utils/scaling_plots.py "$ROOT/sweeps/${PREFIX}_finetune/results.csv" \
+  "$ROOT/sweeps/${PREFIX}_scratch/results.csv" --zero_shot "$ZS/summary.json" \
+  "${TARGET_ARGS[@]}" --out_dir "$OUT" --prefix "$PREFIX" \
+  --title "Poisson: pre-trained on (1,5), downstream (5,10) [$PRESET]"

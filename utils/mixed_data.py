@@ -1,0 +1,159 @@
+"""Mixed-physics data (DESIGN.md section 5): one 7-channel layout for the three PDEs.
+
+Every PDE is written as  -div(K grad u) + v . grad u - omega u = f  and its coefficients as the
+6 columns [K11, K22, K12, v1, v2, omega]:
+
+    Poisson   tensor (K11, K22, K12)          -> [K11, K22, K12, 0, 0, 0]
+    AD        tensor (K11, K22, K12, v1, v2)  -> [K11, K22, K12, v1, v2, 0]
+    Helmholtz tensor (t0, t1): -t0 Lap u - t1 u -> [t0, t0, 0, 0, 0, t1]
+
+so the model input is [f, K11, K22, K12, v1, v2, omega] (in_dim 7) whatever the PDE, and one
+train set is made of several files (`train_path: [poisson..., ad..., helmholtz...]`).
+
+Scales over the union of the train files (10 entries, DESIGN.md order):
+[source_scale, 6 coefficient scales, sol_scale, Lx, Ly] with source_scale = median over ALL
+samples of ||f||_2 (Lx/n)(Ly/n), sol_scale = median over all samples of max|u|, and the scale
+of a coefficient channel = median |value| over the samples whose PDE HAS that term (a
+Poisson sample's v = 0 is an absent term, not a small velocity; with the plain median over the
+union, v and omega would get scale 0 -> 1 whenever fewer than half of the samples have them).
+
+    python utils/mixed_data.py data/demo/poisson_train_k1_5.h5 data/demo/ad_train_adr0p2_1.h5 \
+        data/demo/helmholtz_train_o1_10.h5 --out data/demo/mixed_train_scales.npy
+"""
+import argparse
+import logging
+import os
+import sys
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+logger = logging.getLogger(__name__)
+
+MIXED_CHANNELS = ("f", "K11", "K22", "K12", "v1", "v2", "omega")
+N_MIXED_COEF = len(MIXED_CHANNELS) - 1
+READ_CHUNK = 1024       # samples per HDF5 read (bounded memory)
+# tensor width -> PDE; the `pde` root attribute of the file, when present, must agree
+PDE_OF_WIDTH = {3: "poisson", 5: "ad", 2: "helmholtz"}
+# coefficient columns of the mixed layout each PDE has (the others are absent terms, 0)
+PRESENT = {"poisson": [0, 1, 2], "ad": [0, 1, 2, 3, 4], "helmholtz": [0, 1, 5]}
+
+
+class MixedDataError(Exception):
+    """Files that cannot be put in the mixed layout (reported as one line)."""
+
+
+def pde_of(path, n_tensor, attr=None):
+    """PDE of a split file from its coefficient width (and its `pde` attribute if given)."""
+    pde = PDE_OF_WIDTH.get(int(n_tensor))
+    if pde is None:
+        raise MixedDataError(f"{path}: {n_tensor} coefficient columns match no PDE "
+                             f"(poisson 3, ad 5, helmholtz 2)")
+    if attr is not None:
+        attr = attr.decode() if isinstance(attr, bytes) else str(attr)
+        if attr.lower() not in (pde, {"ad": "advdiff"}.get(pde, pde)):
+            raise MixedDataError(f"{path}: pde attribute {attr!r} but {n_tensor} coefficient "
+                                 f"columns ({pde})")
+    return pde
+
+
+def to_mixed(pde, tensor):
+    """Coefficients (B, k) of `pde` -> (B, 6) [K11, K22, K12, v1, v2, omega], same dtype."""
+    tensor = np.asarray(tensor)
+    out = np.zeros((tensor.shape[0], N_MIXED_COEF), dtype=tensor.dtype)
+    if pde == "poisson":
+        out[:, :3] = tensor[:, :3]
+    elif pde == "ad":
+        out[:, :5] = tensor[:, :5]
+    elif pde == "helmholtz":
+        out[:, 0] = out[:, 1] = tensor[:, 0]     # K = t0 I
+        out[:, 5] = tensor[:, 1]                 # omega
+    else:
+        raise MixedDataError(f"unknown pde {pde!r}")
+    return out
+
+
+class CoefficientMap:
+    """Picklable callable (B, k) -> (B, 6) for one file's PDE (a DataLoader worker may copy it)."""
+
+    n_out = N_MIXED_COEF
+
+    def __init__(self, pde):
+        self.pde = pde
+
+    def __call__(self, tensor):
+        return to_mixed(self.pde, tensor)
+
+
+def coefficient_map(path, n_tensor):
+    """CoefficientMap of the split file `path` (its PDE from the width and `pde` attribute)."""
+    with h5py.File(path, "r") as h5:
+        attr = h5.attrs.get("pde")
+    return CoefficientMap(pde_of(path, n_tensor, attr))
+
+
+def _file_stats(path):
+    """Per-sample ||f||_2, max|u| and mixed coefficients of one split file (chunked reads)."""
+    if not os.path.isfile(path):
+        raise MixedDataError(f"train file not found: {path}")
+    with h5py.File(path, "r") as h5:
+        if "fields" not in h5 or "tensor" not in h5:
+            raise MixedDataError(f"{path} lacks the 'fields' and 'tensor' datasets")
+        fields, tensor = h5["fields"], h5["tensor"]
+        n, _, ny, nx = fields.shape
+        pde = pde_of(path, tensor.shape[1], h5.attrs.get("pde"))
+        src_norm, sol_max = np.empty(n), np.empty(n)
+        for s in range(0, n, READ_CHUNK):
+            block = fields[s:s + READ_CHUNK].astype(np.float64)
+            src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
+            sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
+        coef = to_mixed(pde, tensor[:].astype(np.float64))
+    return pde, (ny, nx), src_norm, sol_max, coef
+
+
+def mixed_scales(train_paths, Lx=1.0, Ly=1.0):
+    """Scales (10,) float64 over the union of the train files (see module docstring)."""
+    if not train_paths:
+        raise MixedDataError("no train files for the mixed scales")
+    stats = [_file_stats(p) for p in train_paths]
+    grids = {s[1] for s in stats}
+    if len(grids) != 1:
+        raise MixedDataError(f"train files have different grids {sorted(grids)}")
+    ny, nx = grids.pop()
+    src = np.concatenate([s[2] for s in stats])
+    sol = np.concatenate([s[3] for s in stats])
+    coef_scales = []
+    for j in range(N_MIXED_COEF):
+        vals = np.concatenate([np.abs(s[4][:, j]) for s in stats if j in PRESENT[s[0]]] or
+                              [np.zeros(1)])
+        coef_scales.append(np.median(vals))
+    return np.concatenate([[np.median(src) * (Lx / nx) * (Ly / ny)], coef_scales,
+                           [np.median(sol), Lx, Ly]])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Scales of a mixed-physics train set (union).")
+    p.add_argument("train_paths", nargs="+", help="train split files of the PDEs to mix")
+    p.add_argument("--out", required=True, help="output .npy")
+    p.add_argument("--Lx", type=float, default=1.0)
+    p.add_argument("--Ly", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if os.path.exists(args.out) and not args.overwrite:
+            raise MixedDataError(f"{args.out} exists (pass --overwrite to replace it)")
+        scales = mixed_scales(args.train_paths, args.Lx, args.Ly)
+        tmp = f"{args.out}.tmp{os.getpid()}.npy"
+        np.save(tmp, scales)
+        os.replace(tmp, args.out)
+    except (MixedDataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logger.info("wrote %s: %s", args.out, np.array2string(scales, precision=6))
+
+
+if __name__ == "__main__":
+    main()
