@@ -80,5 +80,5 @@ def configure_malloc():
         logger.warning("malloc tuning: mallopt rejected the settings; CPU steps may be slower")
         return False
     _applied = True
-    logger.info("malloc tuning applied: mmap_threshold=%d, trim disabled", MMAP_THRESHOLD)
+    logger.debug("malloc tuning applied: mmap_threshold=%d, trim disabled", MMAP_THRESHOLD)
     return True
