@@ -13,7 +13,9 @@
 # SUBSAMPLES (comma lists replacing the sweep file's values), TARGETS (space-separated target
 # errors), OUT (figure directory), PREFIX (output names), LAUNCHER (prefix of train.py),
 # PYTHON, EXTRA_SET (space-separated key=value overrides for every training run, e.g.
-# "max_epochs=2" for a smoke test). Every step is resumable: rerun the same command after an interruption.
+# "max_epochs=2" for a smoke test), SIZES (model-size scaling: space-separated
+# mode_cut:embed_cut pairs, e.g. "4:16 8:32 16:64 32:64 32:128"; steps 1-3 run per size,
+# one figure panel per size; default: the config's own size). Every step is resumable: rerun the same command after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,15 +27,15 @@ case "$PRESET" in
     ROOT=${ROOT:-results/study}
     PT=poisson-cpu-pt-k1_5; FT=poisson-cpu-ft-k5_10; SC=poisson-cpu-scratch-k5_10
     JOBS=${JOBS:-2}
-    LRS=${LRS:-"1e-3,3e-3"}
-    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64"}      # 512 .. 8 downstream examples
-    TARGETS=${TARGETS:-"0.2 0.1"}
+    LRS=${LRS:-"3e-4,1e-3,3e-3"}
+    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128"}  # 1024 .. 8 downstream examples
+    TARGETS=${TARGETS:-"0.05 0.03"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
     # pre-training and downstream sets use different seeds (independent sources)
     PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="1,5" \
       NTRAIN=2048 NVAL=128 NTEST=128 SEED=0 PYTHON=$PYTHON bash run_gen_data.sh
     PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="5,10" \
-      NTRAIN=512 NVAL=64 NTEST=256 SEED=1 PYTHON=$PYTHON bash run_gen_data.sh ;;
+      NTRAIN=1024 NVAL=64 NTEST=256 SEED=1 PYTHON=$PYTHON bash run_gen_data.sh ;;
   paper)
     ROOT=${ROOT:-results}
     PT=poisson-scale-k1_5; FT=poisson-ft-k5_10; SC=poisson-scratch-k5_10
@@ -49,35 +51,51 @@ read -r -a LAUNCH <<< "${LAUNCHER:-$PYTHON}"
 SETS=()
 for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
 
-# 1. pre-training (resumes from its checkpoint if interrupted; skipped when finished)
-PT_RUN=$ROOT/expts/$PT/0
-WEIGHTS=$PT_RUN/checkpoints/ckpt_best.tar
-if [ ! -f "$PT_RUN/train_summary.json" ]; then
-  "${LAUNCH[@]}" train.py --yaml_config $YAML --config $PT --run_num 0 --root_dir "$ROOT" \
-    ${SETS[@]+"${SETS[@]}"}
-fi
-[ -f "$PT_RUN/eval/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $PT \
-  --run_num 0 --root_dir "$ROOT" --weights "$WEIGHTS"
-
-# 2. zero-shot: the pre-trained model on the downstream test set (pre-training scales)
-ZS=$ROOT/zeroshot/$FT
-[ -f "$ZS/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $FT \
-  --run_num zeroshot --root_dir "$ROOT" --weights "$WEIGHTS" --out_dir "$ZS"
-
-# 3. downstream sweeps: lr x subsample, fine-tuned and from scratch (resumable)
 SWEEP=(--sweep configs/sweep_config.yaml --yaml_config $YAML --root_dir "$ROOT"
        --values "lr=$LRS" --values "subsample=$SUBSAMPLES" --jobs "$JOBS"
        ${SETS[@]+"${SETS[@]}"})
 [ -n "${LAUNCHER:-}" ] && SWEEP+=(--launcher "$LAUNCHER")
-$PYTHON utils/sweeps.py "${SWEEP[@]}" --config $FT --name "${PREFIX}_finetune" \
-  --set "pretrained=$WEIGHTS" --tag approach=finetune
-$PYTHON utils/sweeps.py "${SWEEP[@]}" --config $SC --name "${PREFIX}_scratch" \
-  --tag approach=scratch
+CSVS=(); ZS_ARGS=()
+for size in ${SIZES:-default}; do
+  if [ "$size" = default ]; then
+    label=""; run=0; SZ=(); TAG=()
+  else
+    m=${size%%:*}; w=${size##*:}
+    label="m${m}w${w}"; run=$label; SZ=(--set "mode_cut=$m" --set "embed_cut=$w")
+    TAG=(--tag "model=$label")
+  fi
+  sfx=${label:+_$label}
+
+  # 1. pre-training (resumes from its checkpoint if interrupted; skipped when finished)
+  PT_RUN=$ROOT/expts/$PT/$run
+  WEIGHTS=$PT_RUN/checkpoints/ckpt_best.tar
+  if [ ! -f "$PT_RUN/train_summary.json" ]; then
+    "${LAUNCH[@]}" train.py --yaml_config $YAML --config $PT --run_num "$run" --root_dir "$ROOT" \
+      ${SETS[@]+"${SETS[@]}"} ${SZ[@]+"${SZ[@]}"}
+  fi
+  [ -f "$PT_RUN/eval/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $PT \
+    --run_num "$run" --root_dir "$ROOT" --weights "$WEIGHTS" ${SZ[@]+"${SZ[@]}"}
+
+  # 2. zero-shot: the pre-trained model on the downstream test set (pre-training scales)
+  ZS=$ROOT/zeroshot/$FT$sfx
+  [ -f "$ZS/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $FT \
+    --run_num zeroshot --root_dir "$ROOT" --weights "$WEIGHTS" --out_dir "$ZS" \
+    ${SZ[@]+"${SZ[@]}"}
+  ZS_ARGS+=(--zero_shot "${label:+$label=}$ZS/summary.json")
+
+  # 3. downstream sweeps: lr x subsample, fine-tuned and from scratch (resumable)
+  $PYTHON utils/sweeps.py "${SWEEP[@]}" --config $FT --name "${PREFIX}${sfx}_finetune" \
+    --set "pretrained=$WEIGHTS" --tag approach=finetune ${SZ[@]+"${SZ[@]}"} \
+    ${TAG[@]+"${TAG[@]}"}
+  $PYTHON utils/sweeps.py "${SWEEP[@]}" --config $SC --name "${PREFIX}${sfx}_scratch" \
+    --tag approach=scratch ${SZ[@]+"${SZ[@]}"} ${TAG[@]+"${TAG[@]}"}
+  CSVS+=("$ROOT/sweeps/${PREFIX}${sfx}_finetune/results.csv"
+         "$ROOT/sweeps/${PREFIX}${sfx}_scratch/results.csv")
+done
 
 # 4. figure, tables and the examples-needed statement
 TARGET_ARGS=()
 for t in $TARGETS; do TARGET_ARGS+=(--target "$t"); done
-$PYTHON utils/scaling_plots.py "$ROOT/sweeps/${PREFIX}_finetune/results.csv" \
-  "$ROOT/sweeps/${PREFIX}_scratch/results.csv" --zero_shot "$ZS/summary.json" \
+$PYTHON utils/scaling_plots.py "${CSVS[@]}" "${ZS_ARGS[@]}" \
   "${TARGET_ARGS[@]}" --out_dir "$OUT" --prefix "$PREFIX" \
   --title "Poisson: pre-trained on (1,5), downstream (5,10) [$PRESET]"
