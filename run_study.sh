@@ -12,20 +12,24 @@
 # Environment (defaults per preset): ROOT (results root), JOBS (trials at once), LRS and
 # SUBSAMPLES (comma lists replacing the sweep file's values), TARGETS (space-separated target
 # errors), OUT (figure directory), PREFIX (output names), LAUNCHER (prefix of train.py),
-# PYTHON, EXTRA_SET (space-separated key=value overrides for every training run, e.g.
+# PYTHON, YAML / PT / FT / SC (config file and the pre-training, fine-tuning and
+# from-scratch config names: other shifts or PDEs, e.g. FT=poisson-ft-k10_20
+# SC=poisson-scratch-k10_20 PREFIX=k10_20 POISSON_RANGES="1,5 10,20" with PRESET=paper),
+# EXTRA_SET (space-separated key=value overrides for every training run, e.g.
 # "max_epochs=2" for a smoke test), SIZES (model-size scaling: space-separated
 # mode_cut:embed_cut pairs, e.g. "4:16 8:32 16:64 32:64 32:128"; steps 1-3 run per size,
-# one figure panel per size; default: the config's own size). Every step is resumable: rerun the same command after an interruption.
+# one figure panel per size; default: the config's own size), POISSON_RANGES (paper data).
+# Every step is resumable: rerun the same command after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PRESET=${PRESET:-cpu}
 PYTHON=${PYTHON:-python}
-YAML=configs/operators_poisson.yaml
+YAML=${YAML:-configs/operators_poisson.yaml}
 case "$PRESET" in
   cpu)
     ROOT=${ROOT:-results/study}
-    PT=poisson-cpu-pt-k1_5; FT=poisson-cpu-ft-k5_10; SC=poisson-cpu-scratch-k5_10
+    PT=${PT:-poisson-cpu-pt-k1_5}; FT=${FT:-poisson-cpu-ft-k5_10}; SC=${SC:-poisson-cpu-scratch-k5_10}
     JOBS=${JOBS:-2}
     LRS=${LRS:-"3e-4,1e-3,3e-3"}
     SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128"}  # 1024 .. 8 downstream examples
@@ -38,13 +42,14 @@ case "$PRESET" in
       NTRAIN=1024 NVAL=64 NTEST=256 SEED=1 PYTHON=$PYTHON bash run_gen_data.sh ;;
   paper)
     ROOT=${ROOT:-results}
-    PT=poisson-scale-k1_5; FT=poisson-ft-k5_10; SC=poisson-scratch-k5_10
+    PT=${PT:-poisson-scale-k1_5}; FT=${FT:-poisson-ft-k5_10}; SC=${SC:-poisson-scratch-k5_10}
     JOBS=${JOBS:-1}
     LRS=${LRS:-"1e-5,5e-5,1e-4,5e-4,1e-3"}
     SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128,256,512,1024,2048,4096"}
     TARGETS=${TARGETS:-"0.01"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_paper}
-    PRESET=paper PDES=poisson POISSON_RANGES="1,5 5,10" PYTHON=$PYTHON bash run_gen_data.sh ;;
+    PRESET=paper PDES=poisson POISSON_RANGES="${POISSON_RANGES:-1,5 5,10}" PYTHON=$PYTHON \
+      bash run_gen_data.sh ;;
   *) echo "error: PRESET must be cpu or paper (got '$PRESET')" >&2; exit 2 ;;
 esac
 read -r -a LAUNCH <<< "${LAUNCHER:-$PYTHON}"
@@ -98,4 +103,4 @@ TARGET_ARGS=()
 for t in $TARGETS; do TARGET_ARGS+=(--target "$t"); done
 $PYTHON utils/scaling_plots.py "${CSVS[@]}" "${ZS_ARGS[@]}" \
   "${TARGET_ARGS[@]}" --out_dir "$OUT" --prefix "$PREFIX" \
-  --title "Poisson: pre-trained on (1,5), downstream (5,10) [$PRESET]"
+  --title "$PT -> $FT / $SC [$PRESET]"

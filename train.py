@@ -81,6 +81,7 @@ def main(argv=None):
     from utils.YParams import UserError
     from utils.trainer import TrainingDiverged
     from models.fno import FNOConfigError
+    from utils.sweeps import SweepError
 
     config_logger()
     try:
@@ -89,7 +90,7 @@ def main(argv=None):
             run_sweep_trial(params, args)
         else:
             run_training(params, args)
-    except (UserError, FNOConfigError) as e:
+    except (UserError, FNOConfigError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:

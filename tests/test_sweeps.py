@@ -346,3 +346,11 @@ def test_train_py_sweep_id_runs_the_agent_trial(tmp_path):
     hp = yaml.safe_load((run / "hyperparams.yaml").read_text())
     assert hp["lr"] == 2e-3 and hp["subsample"] == 4
     assert json.loads((tmp_path / "logged.json").read_text()) == [1, 2]  # epochs -> trial run
+
+
+def test_wandb_agent_failure_is_one_line_error(tmp_path):
+    def bad_agent(*a, **k):
+        raise RuntimeError("No API key configured.\nsecond line")
+    with pytest.raises(SweepError, match=r"ran no trial: RuntimeError: No API key configured\.$"):
+        sweeps.run_wandb_trial("x", str(tmp_path), lambda s, d: None, rank=0, agent=bad_agent,
+                               init=object)

@@ -247,6 +247,12 @@ def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None
 
     try:
         agent(sweep_id, function=trial, count=1, entity=entity, project=project)
+    except Exception as e:
+        if state["sent"]:   # the trial itself failed (training error): report it as it is
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise SweepError(f"W&B agent for sweep {sweep_id} ran no trial: "
+                         f"{type(e).__name__}: {msg}") from e
     finally:
         if not state["sent"]:   # never leave the other ranks waiting in the broadcast
             broadcast_settings(None)
