@@ -33,7 +33,7 @@ case "$PRESET" in
     JOBS=${JOBS:-2}
     LRS=${LRS:-"3e-4,1e-3,3e-3"}
     SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128"}  # 1024 .. 8 downstream examples
-    TARGETS=${TARGETS:-"0.05 0.03"}
+    TARGETS=${TARGETS:-"0.1 0.07 0.05"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
     # pre-training and downstream sets use different seeds (independent sources)
     PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="1,5" \
