@@ -44,7 +44,7 @@ def test_train_user_errors(setup, capsys):
     fails(train_cli.main, targs(cfg, root, "--set", "train_path=/no/such.h5"), capsys,
           "train file not found: /no/such.h5")
     fails(train_cli.main, targs(cfg, root, "--set", "in_dim=6"), capsys,
-          "1 source + 3 coefficient channels = 4 input channels, but the config has in_dim = 6")
+          "1 source + 3 coefficient channels = 4 input channels (native layout), but the config has in_dim = 6")
     bad_scales = str(tmp / "short.npy")
     np.save(bad_scales, np.ones(5))
     fails(train_cli.main, targs(cfg, root, "--set", f"scales_path={bad_scales}"), capsys,

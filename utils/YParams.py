@@ -16,6 +16,8 @@ import re
 
 import yaml
 
+from utils.errors import UserError  # noqa: F401  (re-exported: UserError is part of this API)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,10 +37,6 @@ _Loader.add_implicit_resolver(
 def load_yaml(text_or_stream):
     """yaml.safe_load with merge keys and YAML 1.2-style exponent floats."""
     return yaml.load(text_or_stream, Loader=_Loader)
-
-
-class UserError(Exception):
-    """A mistake in the user's input (config, paths, data). CLIs print it as one line and exit 2."""
 
 
 class ConfigError(UserError):

@@ -37,11 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from utils.YParams import UserError
-
-
-class DataError(UserError):
-    """The data on disk do not fit the config (missing file or key, channels, scales)."""
+from utils.errors import DataError
 
 
 # --------------------------------------------------------------------------------------------

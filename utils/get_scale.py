@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1024     # samples per read: memory stays bounded whatever the file size
 
 
-def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndarray:
-    """Scales (k + 4,) float64 of the train file at train_path (read in slices, float64 math)."""
+def sample_stats(train_path: str):
+    """Per-sample statistics of a split file, read in slices (bounded memory), float64.
+
+    Returns (ny, nx), src_norm (N,) = ||f_i||_2, sol_max (N,) = max|u_i|, tensor (N, k).
+    """
     if not os.path.isfile(train_path):
         raise DataError(f"{train_path} does not exist")
     try:
@@ -43,10 +46,15 @@ def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndar
             block = fields[s:s + READ_CHUNK].astype(np.float64)
             src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
             sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
-        ten = np.abs(tensor[:].astype(np.float64))
+        return (ny, nx), src_norm, sol_max, tensor[:].astype(np.float64)
+
+
+def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndarray:
+    """Scales (k + 4,) float64 of the train file at train_path (read in slices, float64 math)."""
+    (ny, nx), src_norm, sol_max, tensor = sample_stats(train_path)
     source_scale = np.median(src_norm) * (Lx / nx) * (Ly / ny)
-    return np.concatenate([[source_scale], np.median(ten, axis=0), [np.median(sol_max)],
-                           [Lx, Ly]])
+    return np.concatenate([[source_scale], np.median(np.abs(tensor), axis=0),
+                           [np.median(sol_max)], [Lx, Ly]])
 
 
 def scales_file_for(train_path: str) -> str:

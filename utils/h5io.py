@@ -12,13 +12,11 @@ import secrets
 import h5py
 import numpy as np
 
+from utils.errors import DataError
+
 PDES = ("poisson", "ad", "helmholtz")
 SPLITS = ("train", "val", "test")
 TAG_PREFIX = {"poisson": "k", "ad": "adr", "helmholtz": "o"}
-
-
-class DataError(Exception):
-    """A user-facing error of the data layer (bad argument, bad path, existing file)."""
 
 
 def format_number(x: float) -> str:

@@ -30,6 +30,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.errors import DataError  # noqa: E402
+from utils.get_scale import sample_stats  # noqa: E402
+from utils.h5io import save_npy_atomic  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 MIXED_CHANNELS = ("f", "K11", "K22", "K12", "v1", "v2", "omega")
@@ -41,7 +45,7 @@ PDE_OF_WIDTH = {3: "poisson", 5: "ad", 2: "helmholtz"}
 PRESENT = {"poisson": [0, 1, 2], "ad": [0, 1, 2, 3, 4], "helmholtz": [0, 1, 5]}
 
 
-class MixedDataError(Exception):
+class MixedDataError(DataError):
     """Files that cannot be put in the mixed layout (reported as one line)."""
 
 
@@ -95,22 +99,15 @@ def coefficient_map(path, n_tensor):
 
 
 def _file_stats(path):
-    """Per-sample ||f||_2, max|u| and mixed coefficients of one split file (chunked reads)."""
-    if not os.path.isfile(path):
-        raise MixedDataError(f"train file not found: {path}")
-    with h5py.File(path, "r") as h5:
-        if "fields" not in h5 or "tensor" not in h5:
-            raise MixedDataError(f"{path} lacks the 'fields' and 'tensor' datasets")
-        fields, tensor = h5["fields"], h5["tensor"]
-        n, _, ny, nx = fields.shape
-        pde = pde_of(path, tensor.shape[1], h5.attrs.get("pde"))
-        src_norm, sol_max = np.empty(n), np.empty(n)
-        for s in range(0, n, READ_CHUNK):
-            block = fields[s:s + READ_CHUNK].astype(np.float64)
-            src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
-            sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
-        coef = to_mixed(pde, tensor[:].astype(np.float64))
-    return pde, (ny, nx), src_norm, sol_max, coef
+    """PDE, grid, per-sample ||f||_2 and max|u|, and mixed coefficients of one split file."""
+    try:
+        grid, src_norm, sol_max, tensor = sample_stats(path)
+        with h5py.File(path, "r") as h5:
+            attr = h5.attrs.get("pde")
+    except DataError as e:
+        raise MixedDataError(str(e)) from None
+    pde = pde_of(path, tensor.shape[1], attr)
+    return pde, grid, src_norm, sol_max, to_mixed(pde, tensor)
 
 
 def mixed_scales(train_paths, Lx=1.0, Ly=1.0):
@@ -146,9 +143,7 @@ def main(argv=None):
         if os.path.exists(args.out) and not args.overwrite:
             raise MixedDataError(f"{args.out} exists (pass --overwrite to replace it)")
         scales = mixed_scales(args.train_paths, args.Lx, args.Ly)
-        tmp = f"{args.out}.tmp{os.getpid()}.npy"
-        np.save(tmp, scales)
-        os.replace(tmp, args.out)
+        save_npy_atomic(args.out, scales)
     except (MixedDataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -29,12 +29,15 @@ from collections import defaultdict
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.errors import UserError  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 VAL_COL, TEST_COL, N_COL, LR_COL = "best_val_rel_l2", "test_rel_l2_mean", "n_train", "lr"
 
 
-class AnalysisError(Exception):
+class AnalysisError(UserError):
     """A user mistake in the analysis inputs (reported as one line)."""
 
 

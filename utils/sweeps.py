@@ -44,9 +44,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-logger = logging.getLogger(__name__)
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.py`
+    sys.path.insert(0, REPO_ROOT)
+from utils.errors import UserError  # noqa: E402
+
+logger = logging.getLogger(__name__)
 SWEEP_METHODS = ("grid", "random", "bayes")
 # short names for the published sweep parameters (`lr1em3_s16`); others keep their key
 NAME_ABBREV = {"lr": "lr", "subsample": "s"}
@@ -57,7 +60,7 @@ RESULT_FIELDS = ("n_train", "best_val_rel_l2", "best_val_loss", "best_epoch", "e
                  "test_rel_l2_mean", "test_rel_l2_median", "n_test", "n_params")
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """A user mistake in a sweep file or runner argument (reported as one line)."""
 
 
@@ -580,6 +583,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if REPO_ROOT not in sys.path:     # `python utils/sweeps.py` from anywhere
-        sys.path.insert(0, REPO_ROOT)
     main()
