@@ -81,7 +81,7 @@ def main(argv=None):
     from utils.YParams import UserError
     from utils.trainer import TrainingDiverged
     from models.fno import FNOConfigError
-    from utils.sweeps import SweepError
+    import torch.distributed as dist
 
     config_logger()
     try:
@@ -90,14 +90,17 @@ def main(argv=None):
             run_sweep_trial(params, args)
         else:
             run_training(params, args)
-    except (UserError, FNOConfigError, SweepError) as e:
+        if dist.is_initialized():
+            # every rank is done before the group is torn down: a rank that destroys it while
+            # another is still in a gloo call can abort the process at exit
+            dist.barrier()
+    except (UserError, FNOConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
-        import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
     logging.shutdown()
