@@ -260,12 +260,22 @@ def plot_data_scaling(selected, models, zero_shot, targets, path, title=""):
             ax.axhline(zs, color="k", ls="--", lw=1, label=f"zero-shot {zs:.3g}")
         for t in targets:
             ax.axhline(t, color="0.6", ls=":", lw=1, label=f"target {t:g}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("downstream training examples")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _style_axis(ax, model)
+    _finish_figure(fig, axes, title, path)
+
+
+def _style_axis(ax, panel_title):
+    """Log-log axes of error vs number of downstream examples."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("downstream training examples")
+    ax.set_title(panel_title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _finish_figure(fig, axes, title, path):
+    import matplotlib.pyplot as plt
     axes[0][0].set_ylabel("test relative L2 error (lr chosen on val)")
     if title:
         fig.suptitle(title)
@@ -288,17 +298,8 @@ def plot_model_scaling(selected, models, path, title=""):
             if pts:
                 ax.plot([p["n_train"] for p in pts], [p["test"] for p in pts], marker="o",
                         color=cmap(i / max(1, len(models) - 1)), label=model)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("downstream training examples")
-        ax.set_title(approach)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("test relative L2 error (lr chosen on val)")
-    if title:
-        fig.suptitle(title)
-    _atomic_savefig(fig, path)
-    plt.close(fig)
+        _style_axis(ax, approach)
+    _finish_figure(fig, axes, title, path)
 
 
 def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), title="",
