@@ -43,6 +43,10 @@ def main(argv=None):
         test_path = os.path.abspath(args.test_path) if args.test_path else params.get("test_path")
         if not test_path:
             raise ConfigError(f"config '{args.config}' has no test_path; pass --test_path")
+        if not args.out_dir:   # the default lies below the results root: plain names only
+            from utils.run_guard import check_plain_name
+            check_plain_name(args.config, "--config")
+            check_plain_name(args.run_num, "--run_num")
         out_dir = args.out_dir or os.path.join(args.root_dir, "expts", args.config,
                                                str(args.run_num), "eval")
         summary = run_eval(params, args.weights, test_path, out_dir)

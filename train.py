@@ -38,7 +38,11 @@ def load_params(args):
 
 
 def run_dir_of(args):
-    return os.path.join(args.root_dir, "expts", args.config, str(args.run_num))
+    """{root_dir}/expts/{config}/{run_num}; config and run_num must be plain names."""
+    from utils.run_guard import check_plain_name
+
+    return os.path.join(args.root_dir, "expts", check_plain_name(args.config, "--config"),
+                        check_plain_name(args.run_num, "--run_num"))
 
 
 def run_training(params, args, run_dir=None):
@@ -85,6 +89,10 @@ def main(argv=None):
 
     config_logger()
     try:
+        run_dir_of(args)   # plain names, before anything is read or written
+        if args.sweep_id:
+            from utils.run_guard import check_plain_name
+            check_plain_name(args.sweep_id, "--sweep_id")
         params = load_params(args)
         if args.sweep_id:
             run_sweep_trial(params, args)

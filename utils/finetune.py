@@ -13,7 +13,9 @@ Config keys (read by utils/trainer.py):
 """
 import logging
 import os
+import pickle
 
+import numpy as np
 import torch
 
 from utils.YParams import UserError
@@ -40,6 +42,38 @@ def clean_state_dict(state):
     return out
 
 
+def _numpy_array_globals():
+    """The globals that unpickle a numeric numpy array (RNG states of older checkpoints):
+    the array reconstructor, ndarray, dtype and the numeric dtype classes. None of them runs
+    code; object arrays stay refused (their dtype class is not listed)."""
+    core = getattr(np, "_core", None) or np.core
+    names = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32",
+             "UInt64", "Float16", "Float32", "Float64", "Complex64", "Complex128")
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype] + [
+        getattr(np.dtypes, f"{n}DType") for n in names if hasattr(np.dtypes, f"{n}DType")]
+
+
+def safe_torch_load(path, map_location="cpu"):
+    """torch.load that never runs code from the file (weights_only=True).
+
+    Accepts tensors, plain Python values (dicts, lists, tuples, numbers, strings) and numeric
+    numpy arrays. Anything else (a pickled object, e.g. one whose __reduce__ calls os.system)
+    raises pickle.UnpicklingError before it is built. Other read errors propagate as torch
+    raises them (callers turn both into one-line errors with `describe_load_error`).
+    """
+    with torch.serialization.safe_globals(_numpy_array_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def describe_load_error(e):
+    """One-line reason why `safe_torch_load` failed with exception `e`."""
+    if isinstance(e, pickle.UnpicklingError):
+        return ("it holds objects other than tensors and plain values: refused, loading "
+                "them could run code")
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"not a readable checkpoint ({type(e).__name__}: {first})"
+
+
 def _unwrap(model):
     """The module whose state dict has plain names (no DDP / torch.compile wrapper)."""
     target = model.module if hasattr(model, "module") else model
@@ -61,9 +95,9 @@ def load_pretrained(model, path, strict=True):
     if not path or not os.path.isfile(path):
         raise FinetuneError(f"pre-trained weights not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_torch_load(path, map_location="cpu")
     except Exception as e:  # torch raises several types for corrupt/foreign files
-        raise FinetuneError(f"cannot read weights {path}: {type(e).__name__}: {e}") from e
+        raise FinetuneError(f"cannot read weights {path}: {describe_load_error(e)}") from e
     if not isinstance(ckpt, dict):
         raise FinetuneError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint or state dict")
     state = ckpt.get("model_state", ckpt)

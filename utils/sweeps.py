@@ -204,7 +204,10 @@ def broadcast_settings(obj, src=0):
 
 def wandb_trial_dir(root_dir, sweep_id, name):
     """Run directory of a W&B sweep trial: {root_dir}/sweeps/{sweep_id}/{name}/."""
-    return os.path.join(root_dir, "sweeps", sweep_id, name)
+    from utils.run_guard import check_plain_name
+
+    return os.path.join(root_dir, "sweeps", check_plain_name(sweep_id, "--sweep_id"),
+                        check_plain_name(name, "trial name"))
 
 
 def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None,
@@ -323,9 +326,14 @@ class LocalSweep:
         self.yaml_config = os.path.abspath(yaml_config)
         self.config = config
         self.root_dir = os.path.abspath(root_dir)
+        from utils.run_guard import check_plain_name
+
         self.sweep_name = sweep_name or cfg.get("name") or "sweep"
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.sweep_name):
-            raise SweepError(f"sweep name {self.sweep_name!r} must be [A-Za-z0-9._-]+")
+        try:
+            check_plain_name(self.sweep_name, "sweep name")
+            check_plain_name(config, "--config")
+        except UserError as e:
+            raise SweepError(str(e)) from None
         self.sweep_dir = os.path.join(self.root_dir, "sweeps", self.sweep_name)
         self.sets = list(sets)
         self.tags = _parse_pairs(tags, "--tag")

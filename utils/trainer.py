@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from utils.YParams import ConfigError, UserError
 from utils.data_utils import get_data_loader
-from utils.finetune import clean_state_dict, freeze_parameters, load_pretrained
+from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
+                            load_pretrained, safe_torch_load)
 from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples, write_json_atomic
 
 
@@ -74,15 +75,20 @@ def set_seed(seed):
 
 
 def get_rng_state():
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """RNG states as tensors and plain values only (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = dict(python=random.getstate(),
+                 numpy=(kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+                 torch=torch.get_rng_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -251,13 +257,13 @@ class Trainer:
 
     def _restore(self, path):
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+            ckpt = safe_torch_load(path, map_location=self.device)
             self.raw_model.load_state_dict(clean_state_dict(ckpt["model_state"]))
             self.optimizer.load_state_dict(ckpt["optimizer_state"])
             if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
         except Exception as e:
-            raise CheckpointError(f"cannot resume from {path} ({type(e).__name__}: {e}); move it "
+            raise CheckpointError(f"cannot resume from {path}: {describe_load_error(e)}; move it "
                                   f"away to start this run afresh") from e
         self.epoch = int(ckpt["epoch"])
         self.iters = int(ckpt["iters"])

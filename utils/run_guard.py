@@ -1,0 +1,117 @@
+"""Guards of a run's lifetime: plain names, a directory lock, children that die with their
+parent (DESIGN.md section 7, the run contract).
+
+- `check_plain_name`: config, run and sweep names become directory names below the results
+  root; a name with a separator, `..` or a leading dot would write outside it (or hide).
+- `DirLock`: an exclusive `fcntl.flock` on `{dir}/.lock`, held while a process works in the
+  directory. The kernel drops it when the process dies (kill -9 included), so a crashed run
+  never leaves it held; a second process refuses at once with one line.
+- `die_with_parent`: Linux `prctl(PR_SET_PDEATHSIG)` for child processes (sweep trials,
+  generator workers), so that killing the parent, even with kill -9, ends them too.
+"""
+import ctypes
+import errno
+import logging
+import os
+import re
+import signal
+import sys
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]*")
+LOCK_NAME = ".lock"
+
+
+def check_plain_name(value, what):
+    """`value` as a str if it is a plain file name (letters, digits, `_ . + = @ -`, not
+    starting with a dot: no separator, no `..`); otherwise UserError naming `what`."""
+    text = str(value)
+    if not _PLAIN.fullmatch(text) or len(text) > 200:
+        raise UserError(f"{what} must be a plain name (letters, digits, _ . + = @ -, not "
+                        f"starting with '.'), got {text!r}")
+    return text
+
+
+class DirLock:
+    """Exclusive lock of a directory for the lifetime of this object's process (or `release`).
+
+    `DirLock(path, what).acquire()` creates `path` if needed, opens `{path}/.lock` and takes an
+    exclusive non-blocking flock; if another process holds it, raises UserError("... is in
+    use by another process (pid N) ..."). The holder's pid is written into the file for that
+    message only: the flock itself, not the file's existence, is the lock.
+    """
+
+    def __init__(self, path, what="directory"):
+        self.path = os.path.abspath(path)
+        self.what = what
+        self.file = None
+
+    def acquire(self):
+        import fcntl
+
+        os.makedirs(self.path, exist_ok=True)
+        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise UserError(f"{self.what} {self.path} is in use by another process (pid "
+                            f"{holder}); wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def held_elsewhere(self):
+        """True if another process holds the lock now (probe: take and release it)."""
+        import fcntl
+
+        p = os.path.join(self.path, LOCK_NAME)
+        if not os.path.exists(p):
+            return False
+        with open(p, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
+
+    def release(self):
+        if self.file is not None:
+            self.file.close()   # closing the descriptor drops the flock
+            self.file = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig=signal.SIGKILL, parent_pid=None):
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux; no-op
+    elsewhere). Call in the child (subprocess preexec_fn, a pool initializer). If the parent
+    `parent_pid` is already gone (it died before the call), exit at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):   # no prctl: children may outlive the parent
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
