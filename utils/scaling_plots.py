@@ -1,17 +1,54 @@
-"""Scaling-study analysis: sweep results tables -> figures (PNG), tables (CSV), examples needed.
+"""Scaling-study analysis: sweep results tables -> figures (PNG), tables (CSV), statistics.
 
 Input: one or more `results.csv` written by `utils/sweeps.py` (one row per trial with at least
-`n_train`, `lr`, `best_val_rel_l2`, `test_rel_l2_mean`; optional `status`, `approach`,
-`model`, `n_params`). Columns can be added per file on the command line:
-`path.csv@approach=finetune,model=small`.
+`n_train`, `lr`, `best_val_rel_l2`, `test_rel_l2_mean`; optional `seed`, `subset_hash`,
+`status`, `approach`, `model`, `n_params`). Columns can be added per file on the command line:
+`path.csv@approach=finetune,model=small`. A table without a `seed` column (older sweeps) is
+read as one seed (`seed` = 0): every number is then a point estimate and every interval is
+empty (NaN in the CSVs, no band in the figures).
 
-For every (model, approach, n_train) the learning rate is chosen on the VALIDATION error
-(mean over repeated rows of the same lr) and the test error of that lr is reported; test
-errors never take part in the choice. For a target error, the number of downstream examples
-each approach needs is interpolated linearly in log(n) - log(error) between the two measured
-dataset sizes where the curve first crosses the target (exact for a power law e = a n^-b),
-and the ratio scratch / finetune is reported (with bounds when a curve does not cross the
-target inside the measured range).
+What is computed, per panel (model) and approach (finetune / scratch):
+
+* Learning-rate choice. For each (model, approach, n_train) the lr is chosen on the
+  VALIDATION error averaged over seeds (repeated rows of one lr and seed are averaged first);
+  test errors never take part in the choice. A choice at the smallest or largest lr tried
+  (or with a single lr) is flagged `lr_at_edge` = low / high / single: the grid may not
+  contain the best lr there.
+* Mean test error over seeds at the chosen lr, with a 95% t-interval: mean +- t(0.975, k-1)
+  * sd / sqrt(k) over the k seeds (sd with ddof=1). A t-interval, not a bootstrap: with the
+  few seeds a study affords (k = 3) a bootstrap over seeds can only produce 10 distinct
+  resamples and its percentile interval is far too narrow, whereas the t-interval is exact
+  for normally distributed seed errors. The interval is on the arithmetic mean, so its lower
+  end can be <= 0 with a large seed spread (the band then reaches the bottom of the axis).
+* Power-law fit per approach on the seed-level points (every seed at every n, at the chosen
+  lr): log err = log a - b log n by least squares, optionally with a floor,
+  err = a n^-b + c (scipy `curve_fit`, residuals in log err as well). Intervals are 95%
+  t-intervals from the fit's covariance (residual variance, n_points - n_params degrees of
+  freedom). The floor is kept only when the data support it: an F-test of the floor model
+  against the pure power law gives p < 0.05, c > 0 AND the interval on c excludes 0.
+  Without seeds only the pure power law is fitted and no interval is reported: one point per
+  n gives no measure of the noise apart from the misfit itself. `--fit_min_n` leaves small
+  sizes (pre-asymptotic plateau) out of the fit.
+  The seed-level points of one seed are not independent across n (nested subsets, one init
+  per seed), which the interval ignores; a bootstrap over whole seeds would respect that but
+  is degenerate with 3 seeds, hence the covariance-based interval.
+* Examples needed for a target error: (a) model-free, interpolated in log-log on the mean
+  curve between the two measured sizes where it first crosses the target (with bounds when
+  it does not cross inside the measured range); (b) from the fits, n = ((target - c) / a)
+  ^ (-1/b), with its interval and the ratio scratch / finetune with its interval, both by
+  the delta method on log n through the fits' parameter covariances (the two fits are
+  independent, so the variances of log n add), t quantile with the smaller of the two fits'
+  degrees of freedom. `extrapolated` marks an n outside the fitted range.
+* Effective data transferred (Hernandez et al. 2021, "Scaling laws for transfer"): at each
+  fine-tuned size n, D_E(n) is the number of from-scratch examples at which the from-scratch
+  fit reaches the mean fine-tuned test error at n, and D_T(n) = D_E(n) - n is what the
+  pre-training is worth in extra downstream examples. Its interval combines (delta method on
+  log D_E) the from-scratch fit covariance and the standard error of the fine-tuned mean;
+  `extrapolated` marks a D_E outside the from-scratch sizes that were fitted.
+
+Every number in a figure is also in a CSV beside it: `{prefix}_selected.csv` (means,
+intervals, lr choice), `{prefix}_seeds.csv` (the faint seed points), `{prefix}_fits.csv`,
+`{prefix}_examples_needed.csv`, `{prefix}_effective_data.csv`.
 
     python utils/scaling_plots.py results/sweeps/ft/results.csv@approach=finetune \
         results/sweeps/scratch/results.csv@approach=scratch \
@@ -25,16 +62,23 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections import defaultdict
 
 import numpy as np
+from scipy import optimize, stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.errors import UserError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-VAL_COL, TEST_COL, N_COL, LR_COL = "best_val_rel_l2", "test_rel_l2_mean", "n_train", "lr"
+VAL_COL, TEST_COL, N_COL, LR_COL, SEED_COL = (
+    "best_val_rel_l2", "test_rel_l2_mean", "n_train", "lr", "seed")
+CONF = 0.95                      # confidence level of every interval
+FLOOR_P = 0.05                   # F-test level at which a floor c is kept
+CI_KIND = "95% t-interval over seeds"
+NAN = math.nan
 
 
 class AnalysisError(UserError):
@@ -81,12 +125,22 @@ def _model_label(row, panel_col="model"):
     return "model"
 
 
+def _seed_label(v):
+    """Seed cell -> label; empty / missing (old tables) -> '0'; '1.0' -> '1'."""
+    v = (v or "").strip()
+    x = _float(v)
+    if not v:
+        return "0"
+    return str(int(x)) if math.isfinite(x) and x == int(x) else v
+
+
 def clean_rows(rows, panel_col="model"):
     """Keep finished trials with finite numbers -> list of dicts with typed fields.
 
     Each output dict: model (str: the panel label, from `panel_col`, e.g. `model` for model
     sizes or `downstream` for distribution shifts), approach (str), n_train (int),
-    lr (float), val (float), test (float), n_params (float, nan if unknown).
+    lr (float), seed (str, '0' when the table has no seed column), subset_hash (str, '' if
+    absent), val (float), test (float), n_params (float, nan if unknown).
     """
     out = []
     for r in rows:
@@ -96,32 +150,221 @@ def clean_rows(rows, panel_col="model"):
         if not all(math.isfinite(x) for x in (n, lr, val, test)):
             continue
         out.append({"model": _model_label(r, panel_col), "approach": r.get("approach") or "run",
-                    "n_train": int(n), "lr": lr, "val": val, "test": test,
+                    "n_train": int(n), "lr": lr, "seed": _seed_label(r.get(SEED_COL)),
+                    "subset_hash": r.get("subset_hash") or "", "val": val, "test": test,
                     "n_params": _float(r.get("n_params"))})
     if not out:
         raise AnalysisError("no finished trial with n_train, lr, validation and test errors")
     return out
 
 
+# ----------------------------------------------------------------------------- statistics
+def t_interval(values, conf=CONF):
+    """Mean of `values` (1-D, one per seed) and its t-interval -> (mean, sd, low, high).
+
+    sd uses ddof=1; the interval is mean +- t((1+conf)/2, k-1) sd/sqrt(k). With k < 2
+    values sd, low and high are nan (no interval without repeats).
+    """
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, NAN, NAN, NAN
+    sd = float(x.std(ddof=1))
+    half = stats.t.ppf(0.5 + conf / 2, x.size - 1) * sd / math.sqrt(x.size)
+    return mean, sd, mean - half, mean + half
+
+
+def _t_quantile(dof, conf=CONF):
+    return float(stats.t.ppf(0.5 + conf / 2, dof)) if dof >= 1 else NAN
+
+
+def fit_power_law(ns, errs, allow_floor=True, with_interval=True, conf=CONF):
+    """Fit err = a n^-b (+ c) to points (ns, errs), residuals in log err.
+
+    ns, errs: 1-D arrays of equal length (seed-level points; repeated n allowed), errs > 0.
+    The pure power law is linear least squares in (log n, log err). The floor model
+    a n^-b + c (c >= 0) is fitted with scipy `curve_fit` starting from the pure fit and kept
+    only if it is supported (see the module docstring) and `allow_floor`.
+    Returns a dict: form, a, b, c (0 without floor), `{p}_low`/`{p}_high` (nan without
+    interval), cov (covariance of (log a, b[, c]) or None), dof, rss (of the chosen form in
+    log err), floor_p (F-test p-value of the floor, nan if not tried), n_points, n_sizes,
+    n_min, n_max.
+    """
+    x = np.log(np.asarray(ns, dtype=float))
+    y = np.log(np.asarray(errs, dtype=float))
+    m, sizes = x.size, np.unique(x).size
+    if sizes < 2:
+        raise AnalysisError("a power-law fit needs at least two dataset sizes")
+    A = np.stack([np.ones_like(x), -x], axis=1)
+    (la, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    rss0 = float(np.sum((y - A @ np.array([la, b])) ** 2))
+    dof0 = m - 2
+    cov0 = rss0 / dof0 * np.linalg.inv(A.T @ A) if dof0 >= 1 else None
+    fit = {"form": "a*n^-b", "a": math.exp(la), "b": float(b), "c": 0.0, "cov": cov0,
+           "dof": dof0, "rss": rss0, "floor_p": NAN, "n_points": m, "n_sizes": sizes,
+           "n_min": float(np.exp(x.min())), "n_max": float(np.exp(x.max()))}
+    # the floor needs a spare degree of freedom and a visible misfit of the pure law
+    if allow_floor and with_interval and sizes >= 4 and m - 3 >= 1 and rss0 > 1e-20 * m:
+        floor = _fit_floor(x, y, la, b, rss0, m)
+        if floor is not None:
+            fit.update(floor)
+    _add_intervals(fit, with_interval, conf)
+    return fit
+
+
+def _fit_floor(x, y, la0, b0, rss0, m):
+    """The floor model in log space; its dict of updates when the data support it, else None."""
+    def model(x, la, b, c):
+        return np.log(np.exp(la - b * x) + c)
+    try:
+        with warnings.catch_warnings():     # an undetermined covariance is checked below
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            p, cov = optimize.curve_fit(model, x, y, p0=(la0, max(b0, 1e-3),
+                                                         0.1 * np.exp(y.min())),
+                                        bounds=([-np.inf, -np.inf, 0.0], np.inf), max_nfev=2000)
+    except (RuntimeError, ValueError):
+        return None
+    rss1 = float(np.sum((y - model(x, *p)) ** 2))
+    dof1 = m - 3
+    if not (rss1 < rss0) or not np.all(np.isfinite(cov)):
+        return None
+    f_stat = (rss0 - rss1) / (rss1 / dof1) if rss1 > 0 else math.inf
+    p_val = float(stats.f.sf(f_stat, 1, dof1))
+    c, c_se = float(p[2]), math.sqrt(max(cov[2, 2], 0.0))
+    if p_val < FLOOR_P and c > 0 and c - _t_quantile(dof1) * c_se > 0:
+        return {"form": "a*n^-b+c", "a": math.exp(p[0]), "b": float(p[1]), "c": c, "cov": cov,
+                "dof": dof1, "rss": rss1, "floor_p": p_val}
+    return {"floor_p": p_val}
+
+
+def _add_intervals(fit, with_interval, conf):
+    """`{a,b,c}_low/_high`: t-intervals from the covariance (a via log a), nan if none."""
+    cov = fit["cov"] if with_interval else None
+    q = _t_quantile(fit["dof"], conf)
+    for name in ("a", "b", "c"):
+        fit[f"{name}_low"] = fit[f"{name}_high"] = NAN
+    if cov is None or not math.isfinite(q):
+        fit["cov"] = None
+        return
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    la = math.log(fit["a"])
+    fit["a_low"], fit["a_high"] = math.exp(la - q * se[0]), math.exp(la + q * se[0])
+    fit["b_low"], fit["b_high"] = fit["b"] - q * se[1], fit["b"] + q * se[1]
+    if fit["form"] == "a*n^-b+c":
+        fit["c_low"], fit["c_high"] = fit["c"] - q * se[2], fit["c"] + q * se[2]
+
+
+def fit_eval(fit, n):
+    """Fitted error at n (array-like)."""
+    return fit["a"] * np.asarray(n, dtype=float) ** -fit["b"] + fit["c"]
+
+
+def fit_inverse(fit, err, err_se=0.0):
+    """Examples at which the fit reaches `err` -> (n, se of log n).
+
+    n = ((err - c)/a)^(-1/b); inf when err <= c (the floor is above err). The standard
+    error of log n is the delta method through the fit's covariance of (log a, b[, c]) plus,
+    if `err_se` > 0, the uncertainty of `err` itself; nan without covariance.
+    """
+    a, b, c = fit["a"], fit["b"], fit["c"]
+    if not err > c or b <= 0:
+        return math.inf, NAN
+    log_n = (math.log(a) - math.log(err - c)) / b
+    if fit["cov"] is None:
+        return math.exp(log_n), NAN
+    grad = [1.0 / b, -log_n / b]                       # d log n / d(log a, b)
+    if fit["form"] == "a*n^-b+c":
+        grad.append(1.0 / (b * (err - c)))             # d log n / d c
+    grad = np.asarray(grad)
+    var = float(grad @ fit["cov"] @ grad) + (err_se / (b * (err - c))) ** 2
+    return math.exp(log_n), math.sqrt(max(var, 0.0))
+
+
 # ----------------------------------------------------------------------------- analysis
 def select_on_validation(rows):
-    """Choose the learning rate of each (model, approach, n_train) on validation error.
+    """Choose the learning rate of each (model, approach, n_train) on mean validation error.
 
-    rows: output of `clean_rows`. Repeated rows of one lr (seeds) are averaged first.
-    Returns a list of dicts (model, approach, n_train, lr, val, test, n_lrs), sorted by
-    model, approach, n_train. `test` is the mean test error AT the chosen lr.
+    rows: output of `clean_rows`. Repeated rows of one (lr, seed) are averaged first, then
+    each lr's validation error is averaged over its seeds and the lr with the lowest mean is
+    chosen (ties -> the smaller lr). Test errors take no part in the choice.
+    Returns (selected, seed_points), both sorted by model, approach, n_train:
+    selected: dicts model, approach, n_train, lr, n_lrs, lr_at_edge ('' / 'low' / 'high' /
+    'single'), n_seeds, val (mean over seeds), test (mean), test_sd, test_ci_low,
+    test_ci_high (nan with one seed);
+    seed_points: dicts model, approach, n_train, lr, seed, subset_hash, val, test (the
+    chosen lr's seeds).
     """
-    groups = defaultdict(lambda: defaultdict(list))
+    groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    hashes = defaultdict(set)
     for r in rows:
-        groups[(r["model"], r["approach"], r["n_train"])][r["lr"]].append((r["val"], r["test"]))
-    selected = []
+        key = (r["model"], r["approach"], r["n_train"])
+        groups[key][r["lr"]][r["seed"]].append((r["val"], r["test"]))
+        if r["subset_hash"]:
+            hashes[key + (r["seed"],)].add(r["subset_hash"])
+    for key, hs in hashes.items():
+        if len(hs) > 1:
+            logger.warning("%s n_train=%d seed %s: lrs trained on different subsets %s",
+                           key[0], key[2], key[3], sorted(hs))
+    selected, points = [], []
     for (model, approach, n), by_lr in groups.items():
-        means = {lr: np.mean(np.asarray(v), axis=0) for lr, v in by_lr.items()}
-        lr = min(means, key=lambda k: (means[k][0], k))   # ties -> smaller lr, deterministic
+        per_seed = {lr: {s: np.mean(np.asarray(v), axis=0) for s, v in seeds.items()}
+                    for lr, seeds in by_lr.items()}
+        mean_val = {lr: float(np.mean([v[0] for v in ps.values()])) for lr, ps in per_seed.items()}
+        lr = min(mean_val, key=lambda k: (mean_val[k], k))
+        lrs = sorted(by_lr)
+        edge = ("single" if len(lrs) == 1 else "low" if lr == lrs[0]
+                else "high" if lr == lrs[-1] else "")
+        seeds = sorted(per_seed[lr], key=_seed_sort_key)
+        tests = [float(per_seed[lr][s][1]) for s in seeds]
+        mean, sd, lo, hi = t_interval(tests)
         selected.append({"model": model, "approach": approach, "n_train": n, "lr": lr,
-                         "val": float(means[lr][0]), "test": float(means[lr][1]),
-                         "n_lrs": len(by_lr)})
-    return sorted(selected, key=lambda s: (s["model"], s["approach"], s["n_train"]))
+                         "n_lrs": len(lrs), "lr_at_edge": edge, "n_seeds": len(seeds),
+                         "val": mean_val[lr], "test": mean, "test_sd": sd,
+                         "test_ci_low": lo, "test_ci_high": hi})
+        hash_of = {r["seed"]: r["subset_hash"] for r in rows if (r["model"], r["approach"],
+                   r["n_train"], r["lr"]) == (model, approach, n, lr)}
+        points += [{"model": model, "approach": approach, "n_train": n, "lr": lr, "seed": s,
+                    "subset_hash": hash_of.get(s, ""), "val": float(per_seed[lr][s][0]),
+                    "test": float(per_seed[lr][s][1])} for s in seeds]
+    order = lambda s: (s["model"], s["approach"], s["n_train"])  # noqa: E731
+    return (sorted(selected, key=order),
+            sorted(points, key=lambda p: order(p) + (_seed_sort_key(p["seed"]),)))
+
+
+def _seed_sort_key(s):
+    x = _float(s)
+    return (0, x, "") if math.isfinite(x) else (1, 0.0, s)
+
+
+def _curves(selected):
+    """{(model, approach): [selected rows sorted by n_train]}."""
+    out = defaultdict(list)
+    for s in selected:
+        out[(s["model"], s["approach"])].append(s)
+    return out
+
+
+def fit_table(selected, points, fit_min_n=0):
+    """One power-law fit per (model, approach) on the seed-level points with n >= fit_min_n.
+
+    Returns {(model, approach): fit dict (see `fit_power_law`) + model, approach, n_seeds}.
+    Curves with fewer than two sizes are skipped (logged). Intervals and the floor need at
+    least two seeds at some size.
+    """
+    pts = defaultdict(list)
+    for p in points:
+        if p["n_train"] >= fit_min_n and p["test"] > 0:
+            pts[(p["model"], p["approach"])].append((p["n_train"], p["test"]))
+    fits = {}
+    for key, sel in _curves(selected).items():
+        xy = np.asarray(pts.get(key, []), dtype=float).reshape(-1, 2)
+        if np.unique(xy[:, 0]).size < 2:
+            logger.warning("[%s] %s: fewer than two sizes with n >= %g, no fit", *key, fit_min_n)
+            continue
+        n_seeds = max(s["n_seeds"] for s in sel)
+        fit = fit_power_law(xy[:, 0], xy[:, 1], with_interval=n_seeds >= 2)
+        fits[key] = {"model": key[0], "approach": key[1], "n_seeds": n_seeds, **fit}
+    return fits
 
 
 def examples_needed(ns, errs, target):
@@ -155,27 +398,84 @@ def ratio_with_bound(n_ft, b_ft, n_sc, b_sc):
     return n_sc / n_ft, ">=" if lower else "<=" if upper else "="
 
 
-def examples_table(selected, targets, finetune="finetune", scratch="scratch"):
-    """For each model and target: examples needed by each approach and their ratio."""
-    curves = defaultdict(lambda: ([], []))
-    for s in selected:
-        ns, es = curves[(s["model"], s["approach"])]
-        ns.append(s["n_train"])
-        es.append(s["test"])
+def _fit_needed(fit, target):
+    """(n, low, high, extrapolated, se of log n, dof) for a target from a fit."""
+    n, se = fit_inverse(fit, target)
+    q = _t_quantile(fit["dof"])
+    lo, hi = (n * math.exp(-q * se), n * math.exp(q * se)) if math.isfinite(se) else (NAN, NAN)
+    extra = int(not fit["n_min"] <= n <= fit["n_max"])
+    return n, lo, hi, extra, se, fit["dof"]
+
+
+def examples_table(selected, targets, finetune="finetune", scratch="scratch", fits=None):
+    """For each model and target: examples needed by each approach and their ratio.
+
+    Model-free columns `{label}_n`, `{label}_bound`, `ratio`, `ratio_bound` (interpolation,
+    see `examples_needed`); fit-based columns `{label}_n_fit`, `_fit_low`, `_fit_high`,
+    `_fit_extrapolated`, `ratio_fit`, `ratio_fit_low`, `ratio_fit_high` when `fits` has both.
+    """
+    fits = fits or {}
+    curves = _curves(selected)
     table = []
     for model in sorted({s["model"] for s in selected}):
         for target in targets:
             row = {"model": model, "target": target}
+            fitted = {}
             for label in (finetune, scratch):
                 if (model, label) in curves:
+                    sel = curves[(model, label)]
                     row[f"{label}_n"], row[f"{label}_bound"] = examples_needed(
-                        *curves[(model, label)], target)
+                        [s["n_train"] for s in sel], [s["test"] for s in sel], target)
+                if (model, label) in fits:
+                    fitted[label] = _fit_needed(fits[(model, label)], target)
+                    (row[f"{label}_n_fit"], row[f"{label}_n_fit_low"], row[f"{label}_n_fit_high"],
+                     row[f"{label}_fit_extrapolated"]) = fitted[label][:4]
             if f"{finetune}_n" in row and f"{scratch}_n" in row:
                 row["ratio"], row["ratio_bound"] = ratio_with_bound(
                     row[f"{finetune}_n"], row[f"{finetune}_bound"],
                     row[f"{scratch}_n"], row[f"{scratch}_bound"])
+            if len(fitted) == 2:
+                (n_f, *_, se_f, dof_f), (n_s, *_, se_s, dof_s) = fitted[finetune], fitted[scratch]
+                ratio = n_s / n_f if math.isfinite(n_f) else NAN
+                se = math.hypot(se_f, se_s)
+                q = _t_quantile(min(dof_f, dof_s))
+                ok = math.isfinite(se) and math.isfinite(ratio) and math.isfinite(q)
+                row["ratio_fit"] = ratio
+                row["ratio_fit_low"] = ratio * math.exp(-q * se) if ok else NAN
+                row["ratio_fit_high"] = ratio * math.exp(q * se) if ok else NAN
             table.append(row)
     return table
+
+
+def effective_data(selected, fits, finetune="finetune", scratch="scratch"):
+    """Effective data transferred D_T(n) = D_E(n) - n at each fine-tuned size n.
+
+    D_E(n): from-scratch examples at which the from-scratch fit reaches the mean fine-tuned
+    test error at n (inf when that error is below the fit's floor). Interval: delta method
+    on log D_E with the from-scratch fit covariance and the standard error of the fine-tuned
+    mean, t quantile with the smaller of the two degrees of freedom; nan without seeds.
+    Returns a list of dicts: model, n_train, finetune_test, scratch_equivalent_n (D_E),
+    D_E_low, D_E_high, effective_data (D_T), D_T_low, D_T_high, multiplier (D_E / n),
+    extrapolated (1 when D_E is outside the fitted from-scratch sizes).
+    """
+    out = []
+    for s in selected:
+        fit = fits.get((s["model"], scratch))
+        if s["approach"] != finetune or fit is None:
+            continue
+        k = s["n_seeds"]
+        err_se = s["test_sd"] / math.sqrt(k) if k >= 2 else 0.0
+        d_e, se = fit_inverse(fit, s["test"], err_se)
+        q = _t_quantile(min(fit["dof"], k - 1))
+        ok = math.isfinite(se) and math.isfinite(q) and math.isfinite(d_e)
+        lo, hi = (d_e * math.exp(-q * se), d_e * math.exp(q * se)) if ok else (NAN, NAN)
+        n = s["n_train"]
+        out.append({"model": s["model"], "n_train": n, "finetune_test": s["test"],
+                    "scratch_equivalent_n": d_e, "D_E_low": lo, "D_E_high": hi,
+                    "effective_data": d_e - n, "D_T_low": lo - n, "D_T_high": hi - n,
+                    "multiplier": d_e / n,
+                    "extrapolated": int(not fit["n_min"] <= d_e <= fit["n_max"])})
+    return out
 
 
 def describe(row, finetune="finetune", scratch="scratch"):
@@ -192,7 +492,28 @@ def describe(row, finetune="finetune", scratch="scratch"):
         ratio = "unknown" if row["ratio_bound"] == "?" else (
             f"{'' if row['ratio_bound'] == '=' else row['ratio_bound'] + ' '}{row['ratio']:.3g}")
         text += f"; ratio scratch/finetune {ratio}"
+    if "ratio_fit" in row:
+        ratio = _with_ci(row["ratio_fit"], row["ratio_fit_low"], row["ratio_fit_high"])
+        text += f"; from the fits {ratio}"
+        if row.get(f"{finetune}_fit_extrapolated") or row.get(f"{scratch}_fit_extrapolated"):
+            text += " (extrapolated)"
     return text
+
+
+def _with_ci(x, lo, hi, fmt=".3g"):
+    text = f"{x:{fmt}}"
+    return text + (f" [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) else "")
+
+
+def describe_fit(fit):
+    """One human sentence for a fit."""
+    text = (f"[{fit['model']}] {fit['approach']}: test err = {fit['a']:.3g} n^-"
+            f"{_with_ci(fit['b'], fit['b_low'], fit['b_high'])}")
+    if fit["form"] == "a*n^-b+c":
+        text += f" + {_with_ci(fit['c'], fit['c_low'], fit['c_high'])}"
+    text += (f" (n {fit['n_min']:g}..{fit['n_max']:g}, {fit['n_points']} points, "
+             f"{fit['n_seeds']} seed{'s' if fit['n_seeds'] != 1 else ''}")
+    return text + ("; 95% t-intervals)" if math.isfinite(fit["b_low"]) else "; no interval)")
 
 
 def parse_zero_shot(specs):
@@ -240,43 +561,91 @@ def _model_order(rows, selected):
                                          else math.inf, m))
 
 
-def plot_data_scaling(selected, models, zero_shot, targets, path, title=""):
-    """Test error vs downstream examples, one panel per model, one line per approach."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False,
+    return plt
+
+
+STYLES = {"finetune": dict(color="C0", marker="o"), "scratch": dict(color="C3", marker="s")}
+
+
+def _draw_curve(ax, sel, points, fit, style, label):
+    """Mean line, 95% band, faint seed points, lr-at-edge rings and the fit of one curve."""
+    ns = np.array([s["n_train"] for s in sel], dtype=float)
+    mean = np.array([s["test"] for s in sel])
+    k = max(s["n_seeds"] for s in sel)
+    ax.plot(ns, mean, label=f"{label}: mean of {k} seed{'s' if k > 1 else ''}", **style)
+    lo = np.array([s["test_ci_low"] for s in sel])
+    if np.isfinite(lo).any():
+        hi = np.array([s["test_ci_high"] for s in sel])
+        # a lower end <= 0 cannot be drawn on a log axis: the band runs to the axis bottom
+        ax.fill_between(ns, np.where(lo > 0, lo, 1e-30), hi, color=style["color"], alpha=0.18,
+                        lw=0, label=f"{label}: {CI_KIND}")
+    if k > 1:
+        ax.scatter([p["n_train"] for p in points], [p["test"] for p in points], s=9,
+                   color=style["color"], alpha=0.35, lw=0)
+    edge = [s for s in sel if s["lr_at_edge"]]
+    if edge:
+        once = "lr at grid edge" not in ax.get_legend_handles_labels()[1]
+        ax.scatter([s["n_train"] for s in edge], [s["test"] for s in edge], s=130,
+                   facecolors="none", edgecolors="k", lw=0.9,
+                   label="lr at grid edge" if once else None)
+    if fit is not None:
+        grid = np.geomspace(fit["n_min"], fit["n_max"], 100)
+        text = f"{label} fit b={_with_ci(fit['b'], fit['b_low'], fit['b_high'], '.2f')}"
+        if fit["form"] == "a*n^-b+c":
+            text += f", c={fit['c']:.2g}"
+        ax.plot(grid, fit_eval(fit, grid), color=style["color"], ls="--", lw=1.1, label=text)
+    return mean, [p["test"] for p in points]
+
+
+def _set_ylim(ax, values):
+    v = np.asarray([x for x in values if x > 0 and math.isfinite(x)])
+    if v.size:
+        ax.set_ylim(v.min() / 1.4, v.max() * 1.4)
+
+
+def plot_data_scaling(selected, points, fits, models, zero_shot, targets, path, title=""):
+    """Test error vs downstream examples, one panel per model, one curve per approach."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False,
                              sharey=True)
-    styles = {"finetune": dict(color="C0", marker="o"), "scratch": dict(color="C3", marker="s")}
+    curves = _curves(selected)
+    shown = []
     for ax, model in zip(axes[0], models):
         approaches = sorted({s["approach"] for s in selected if s["model"] == model})
         for k, approach in enumerate(approaches):
-            pts = [s for s in selected if s["model"] == model and s["approach"] == approach]
-            style = styles.get(approach, dict(color=f"C{k + 4}", marker="^"))
-            ax.plot([p["n_train"] for p in pts], [p["test"] for p in pts], label=approach,
-                    **style)
+            style = STYLES.get(approach, dict(color=f"C{k + 4}", marker="^"))
+            pts = [p for p in points if (p["model"], p["approach"]) == (model, approach)]
+            m, p = _draw_curve(ax, curves[(model, approach)], pts, fits.get((model, approach)),
+                               style, approach)
+            shown += list(m) + list(p)
         zs = zero_shot.get(model, zero_shot.get(None))
         if zs is not None:
             ax.axhline(zs, color="k", ls="--", lw=1, label=f"zero-shot {zs:.3g}")
+            shown.append(zs)
         for t in targets:
             ax.axhline(t, color="0.6", ls=":", lw=1, label=f"target {t:g}")
         _style_axis(ax, model)
+    _set_ylim(axes[0][0], shown)
     _finish_figure(fig, axes, title, path)
 
 
-def _style_axis(ax, panel_title):
-    """Log-log axes of error vs number of downstream examples."""
+def _style_axis(ax, panel_title, xlabel="downstream training examples"):
+    """Log-log axes of a quantity vs number of downstream examples."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("downstream training examples")
+    ax.set_xlabel(xlabel)
     ax.set_title(panel_title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
 
-def _finish_figure(fig, axes, title, path):
+def _finish_figure(fig, axes, title, path, ylabel="test relative L2 error (lr chosen on val)"):
     import matplotlib.pyplot as plt
-    axes[0][0].set_ylabel("test relative L2 error (lr chosen on val)")
+    axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
     _atomic_savefig(fig, path)
@@ -285,54 +654,132 @@ def _finish_figure(fig, axes, title, path):
 
 def plot_model_scaling(selected, models, path, title=""):
     """Test error vs downstream examples, one panel per approach, one line per model size."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     approaches = sorted({s["approach"] for s in selected})
     fig, axes = plt.subplots(1, len(approaches), figsize=(4.6 * len(approaches), 3.8),
                              squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
+    curves = _curves(selected)
     for ax, approach in zip(axes[0], approaches):
         for i, model in enumerate(models):
-            pts = [s for s in selected if s["model"] == model and s["approach"] == approach]
-            if pts:
-                ax.plot([p["n_train"] for p in pts], [p["test"] for p in pts], marker="o",
-                        color=cmap(i / max(1, len(models) - 1)), label=model)
+            sel = curves.get((model, approach))
+            if not sel:
+                continue
+            color = cmap(i / max(1, len(models) - 1))
+            ns = [s["n_train"] for s in sel]
+            ax.plot(ns, [s["test"] for s in sel], marker="o", color=color, label=model)
+            lo = np.array([s["test_ci_low"] for s in sel])
+            if np.isfinite(lo).any():
+                ax.fill_between(ns, np.where(lo > 0, lo, 1e-30),
+                                [s["test_ci_high"] for s in sel], color=color, alpha=0.15, lw=0)
         _style_axis(ax, approach)
-    _finish_figure(fig, axes, title, path)
+    _set_ylim(axes[0][0], [s["test"] for s in selected])
+    _finish_figure(fig, axes, title + (f" (bands: {CI_KIND})" if title else ""), path)
+
+
+def plot_effective_data(eff, models, path, title=""):
+    """Effective data transferred D_T(n) vs fine-tuning examples n, one panel per model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False,
+                             sharey=True)
+    shown = []
+    for ax, model in zip(axes[0], models):
+        rows = [e for e in eff if e["model"] == model
+                and math.isfinite(e["effective_data"]) and e["effective_data"] > 0]
+        if rows:
+            ns = np.array([e["n_train"] for e in rows], dtype=float)
+            dt = np.array([e["effective_data"] for e in rows])
+            lo = np.array([e["D_T_low"] for e in rows])
+            hi = np.array([e["D_T_high"] for e in rows])
+            ax.plot(ns, dt, color="C2", lw=1.2)
+            if np.isfinite(lo).any():
+                ax.fill_between(ns, np.where(lo > 0, lo, 1e-30), np.where(np.isfinite(hi), hi,
+                                np.nan), color="C2", alpha=0.18, lw=0, label=CI_KIND.replace(
+                                    "over seeds", "(scratch fit, finetune seeds)"))
+            inside = np.array([not e["extrapolated"] for e in rows])
+            ax.scatter(ns[inside], dt[inside], color="C2", zorder=3,
+                       label="D_T = D_E - n (within fitted scratch sizes)")
+            if (~inside).any():
+                ax.scatter(ns[~inside], dt[~inside], facecolors="none", edgecolors="C2",
+                           zorder=3, label="D_T extrapolated beyond scratch sizes")
+            ax.plot(ns, ns, color="0.5", ls=":", lw=1, label="D_T = n (pre-training doubles data)")
+            shown += list(dt) + list(ns)
+        _style_axis(ax, model, "fine-tuning examples n")
+    _set_ylim(axes[0][0], shown)
+    _finish_figure(fig, axes, title, path,
+                   "effective data transferred D_T (extra from-scratch examples)")
+
+
+SELECTED_FIELDS = ["model", "approach", "n_train", "lr", "n_lrs", "lr_at_edge", "n_seeds",
+                   "val", "test", "test_sd", "test_ci_low", "test_ci_high", "interval"]
+SEED_FIELDS = ["model", "approach", "n_train", "lr", "seed", "subset_hash", "val", "test"]
+FIT_FIELDS = ["model", "approach", "form", "a", "a_low", "a_high", "b", "b_low", "b_high",
+              "c", "c_low", "c_high", "floor_p", "dof", "rss", "n_points", "n_sizes",
+              "n_seeds", "n_min", "n_max", "interval"]
+EFFECTIVE_FIELDS = ["model", "n_train", "finetune_test", "scratch_equivalent_n", "D_E_low",
+                    "D_E_high", "effective_data", "D_T_low", "D_T_high", "multiplier",
+                    "extrapolated", "interval"]
 
 
 def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), title="",
-            finetune="finetune", scratch="scratch", panel_col="model"):
-    """Full analysis: read tables, select on validation, write CSVs and PNGs.
+            finetune="finetune", scratch="scratch", panel_col="model", fit_min_n=0):
+    """Full analysis: read tables, select on validation, fit, write CSVs and PNGs.
 
-    Returns dict with `selected`, `examples`, `lines` (human summary) and `files`.
+    Returns dict with `selected`, `points` (seed level), `fits`, `examples`, `effective`,
+    `lines` (human summary) and `files` (name -> path).
     """
     rows = clean_rows([r for spec in specs for r in read_results(spec)], panel_col)
-    selected = select_on_validation(rows)
+    selected, points = select_on_validation(rows)
+    fits = fit_table(selected, points, fit_min_n)
     models = _model_order(rows, selected)
     zs = parse_zero_shot(zero_shot)
-    table = examples_table(selected, targets, finetune, scratch)
+    table = examples_table(selected, targets, finetune, scratch, fits)
+    eff = effective_data(selected, fits, finetune, scratch)
     os.makedirs(out_dir, exist_ok=True)
-    files = {"selected": os.path.join(out_dir, f"{prefix}_selected.csv"),
-             "examples": os.path.join(out_dir, f"{prefix}_examples_needed.csv"),
-             "data_png": os.path.join(out_dir, f"{prefix}_data_scaling.png")}
-    _atomic_csv(files["selected"], selected,
-                ["model", "approach", "n_train", "lr", "val", "test", "n_lrs"])
+    files = {name: os.path.join(out_dir, f"{prefix}_{name}.csv")
+             for name in ("selected", "seeds", "fits", "examples_needed")}
+    files["examples"] = files.pop("examples_needed")
+    files["data_png"] = os.path.join(out_dir, f"{prefix}_data_scaling.png")
+    ci = {"interval": CI_KIND}
+    _atomic_csv(files["selected"], [{**s, **ci} for s in selected], SELECTED_FIELDS)
+    _atomic_csv(files["seeds"], points, SEED_FIELDS)
+    fit_kind = {"interval": "95% t-interval from the fit covariance (seed-level points)"}
+    _atomic_csv(files["fits"], [{**f, **fit_kind} for f in fits.values()], FIT_FIELDS)
     ex_fields = ["model", "target"]
     for label in (finetune, scratch):
         ex_fields += [f"{label}_n", f"{label}_bound"]
-    _atomic_csv(files["examples"], table, ex_fields + ["ratio", "ratio_bound"])
-    plot_data_scaling(selected, models, zs, targets, files["data_png"], title)
+    ex_fields += ["ratio", "ratio_bound"]
+    for label in (finetune, scratch):
+        ex_fields += [f"{label}_n_fit", f"{label}_n_fit_low", f"{label}_n_fit_high",
+                      f"{label}_fit_extrapolated"]
+    _atomic_csv(files["examples"], table, ex_fields + ["ratio_fit", "ratio_fit_low",
+                                                       "ratio_fit_high"])
+    plot_data_scaling(selected, points, fits, models, zs, targets, files["data_png"], title)
     if len(models) > 1:
         files["model_png"] = os.path.join(out_dir, f"{prefix}_model_scaling.png")
         plot_model_scaling(selected, models, files["model_png"], title)
-    lines = [describe(r, finetune, scratch) for r in table]
+    if eff:
+        files["effective"] = os.path.join(out_dir, f"{prefix}_effective_data.csv")
+        files["effective_png"] = os.path.join(out_dir, f"{prefix}_effective_data.png")
+        eff_kind = {"interval": "95% delta-method t-interval (scratch fit + finetune seeds)"}
+        _atomic_csv(files["effective"], [{**e, **eff_kind} for e in eff], EFFECTIVE_FIELDS)
+        plot_effective_data(eff, [m for m in models if any(e["model"] == m for e in eff)],
+                            files["effective_png"], title)
+    lines = [describe_fit(f) for f in fits.values()]
+    lines += [describe(r, finetune, scratch) for r in table]
+    lines += [f"[{s['model']}] {s['approach']} n_train={s['n_train']}: chosen lr {s['lr']:g} is "
+              f"at the {s['lr_at_edge']} edge of the {s['n_lrs']} lrs tried"
+              for s in selected if s["lr_at_edge"] in ("low", "high")]
+    for e in eff:
+        lines.append(f"[{e['model']}] finetune n={e['n_train']}: effective data transferred "
+                     f"{_with_ci(e['effective_data'], e['D_T_low'], e['D_T_high'])} "
+                     f"(x{e['multiplier']:.3g}{', extrapolated' if e['extrapolated'] else ''})")
     for model, err in zs.items():
         lines.append(f"[{model or 'all'}] zero-shot test rel. L2 {err:.4g}")
     for line in lines:
         logger.info(line)
-    return {"selected": selected, "examples": table, "lines": lines, "files": files}
+    return {"selected": selected, "points": points, "fits": fits, "examples": table,
+            "effective": eff, "lines": lines, "files": files}
 
 
 def main(argv=None):
@@ -350,6 +797,8 @@ def main(argv=None):
                    help="column that names the panels: model size (default) or e.g. downstream")
     p.add_argument("--finetune", default="finetune", help="approach label of fine-tuned runs")
     p.add_argument("--scratch", default="scratch", help="approach label of from-scratch runs")
+    p.add_argument("--fit_min_n", type=int, default=0,
+                   help="fit the power laws only on sizes n_train >= this (default: all)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     targets = args.target or [1e-2]
@@ -357,13 +806,17 @@ def main(argv=None):
         if any(not (t > 0) for t in targets):
             raise AnalysisError("--target must be > 0")
         res = analyse(args.results, args.out_dir, args.prefix, targets, args.zero_shot,
-                      args.title, args.finetune, args.scratch, args.panel_col)
+                      args.title, args.finetune, args.scratch, args.panel_col, args.fit_min_n)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for s in res["selected"]:
+        ci = (f" [{s['test_ci_low']:.4f}, {s['test_ci_high']:.4f}]"
+              if math.isfinite(s["test_ci_low"]) else "")
+        edge = f", {s['lr_at_edge']} edge" if s["lr_at_edge"] else ""
         print(f"{s['model']:>14s} {s['approach']:>9s} n_train={s['n_train']:<6d} "
-              f"lr={s['lr']:.0e} (of {s['n_lrs']}) val={s['val']:.4f} test={s['test']:.4f}")
+              f"lr={s['lr']:.0e} (of {s['n_lrs']}{edge}) "
+              f"seeds={s['n_seeds']} val={s['val']:.4f} test={s['test']:.4f}{ci}")
     for line in res["lines"]:
         print(line)
     for path in res["files"].values():
