@@ -130,3 +130,214 @@ def test_cli_errors_are_one_line(tmp_path):
     p = subprocess.run(cmd[:2] + [str(bad), "--out_dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "lacks column" in p.stderr
+
+
+# ----------------------------------------------------------------------------- statistics
+SEED_FIELDS = FIELDS + ["approach", "model", "seed", "subset_hash"]
+
+
+def _write_seeded(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SEED_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def _seeded_rows(rng, a, b, ns, seeds=3, sigma=0.1, c=0.0, approach="finetune"):
+    """Seed-level rows of e = (a n^-b + c) * exp(sigma N(0,1)) at lr 1e-3; lr 1e-4 is worse
+    on validation (x1.5) and better on test (x0.5), lr 1e-2 worse on both (x2)."""
+    rows = []
+    for n in ns:
+        for s in range(seeds):
+            e = (a * n ** -b + c) * math.exp(sigma * rng.standard_normal())
+            for lr, fv, ft in ((1e-4, 1.5, 0.5), (1e-3, 1.0, 1.0), (1e-2, 2.0, 2.0)):
+                rows.append(dict(lr=lr, n_train=n, seed=s, best_val_rel_l2=fv * e,
+                                 test_rel_l2_mean=ft * e, status="done", approach=approach,
+                                 subset_hash=f"h{n}_{s}"))
+    return rows
+
+
+def test_t_interval_by_hand():
+    mean, sd, lo, hi = sp.t_interval([0.10, 0.12, 0.14])
+    # sd = 0.02; t(0.975, 2 dof) = 4.302652729911275 (tables); half = t * sd / sqrt(3)
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)
+    assert (mean, sd) == (pytest.approx(0.12), pytest.approx(0.02))
+    assert (lo, hi) == (pytest.approx(0.12 - half, rel=1e-9), pytest.approx(0.12 + half, rel=1e-9))
+    m1, *rest = sp.t_interval([0.3])
+    assert m1 == 0.3 and all(math.isnan(x) for x in rest)
+
+
+def test_power_law_fit_recovers_exponent_and_interval_covers():
+    """200 synthetic studies (8 sizes x 3 seeds, 10% log-normal seed noise) of e = 0.5 n^-0.6:
+    the estimate is unbiased, and the 95% interval covers the true b about 95% of the time
+    (deterministic RNG; >= 0.85 leaves room, <= 0.995 catches intervals that are too wide)."""
+    rng = np.random.default_rng(0)
+    ns = np.repeat(2.0 ** np.arange(3, 11), 3)
+    bs, covered, widths = [], [], []
+    for _ in range(200):
+        errs = 0.5 * ns ** -0.6 * np.exp(0.1 * rng.standard_normal(ns.size))
+        fit = sp.fit_power_law(ns, errs, allow_floor=False)
+        bs.append(fit["b"])
+        covered.append(fit["b_low"] <= 0.6 <= fit["b_high"])
+        widths.append(fit["b_high"] - fit["b_low"])
+    assert abs(np.mean(bs) - 0.6) < 0.005
+    assert 0.85 <= np.mean(covered) <= 0.995
+    assert np.mean(widths) < 0.1
+
+
+def test_floor_kept_only_when_supported():
+    rng = np.random.default_rng(1)
+    ns = np.repeat(2.0 ** np.arange(3, 13), 3)
+    kept, covered, cs = 0, [], []
+    for _ in range(100):
+        errs = (2.0 * ns ** -0.8 + 0.01) * np.exp(0.03 * rng.standard_normal(ns.size))
+        fit = sp.fit_power_law(ns, errs)
+        if fit["form"] == "a*n^-b+c":
+            kept += 1
+            cs.append(fit["c"])
+            covered.append(fit["b_low"] <= 0.8 <= fit["b_high"])
+    assert kept >= 95
+    assert abs(np.median(cs) - 0.01) < 0.001
+    assert np.mean(covered) >= 0.85
+    # no floor in the data: the floor is (almost) never kept
+    false = sum(sp.fit_power_law(ns, 2.0 * ns ** -0.8 * np.exp(
+        0.03 * rng.standard_normal(ns.size)))["form"] == "a*n^-b+c" for _ in range(100))
+    assert false <= 10
+    # one seed: no interval, no floor
+    one = sp.fit_power_law(ns[::3], 2.0 * ns[::3] ** -0.8 + 0.01, with_interval=False)
+    assert one["form"] == "a*n^-b" and math.isnan(one["b_low"])
+
+
+def test_lr_chosen_on_mean_validation_over_seeds_with_edge_flag(tmp_path):
+    rows = []
+    # n=64: lr 1e-3 has the single best validation seed (0.01) but the worse mean (0.07),
+    # and by far the best test errors; lr 3e-4 has the best mean validation error (0.05).
+    for lr, vals, tests in ((1e-3, [0.01, 0.10, 0.10], [0.001, 0.001, 0.001]),
+                            (3e-4, [0.05, 0.04, 0.06], [0.05, 0.07, 0.06]),
+                            (1e-4, [0.2, 0.2, 0.2], [0.0001, 0.0001, 0.0001])):
+        rows += [dict(lr=lr, n_train=64, seed=s, best_val_rel_l2=v, test_rel_l2_mean=t,
+                      status="done") for s, (v, t) in enumerate(zip(vals, tests))]
+    # n=128: the largest lr wins (high edge); n=256: only one lr (single)
+    rows += [dict(lr=lr, n_train=128, seed=s, best_val_rel_l2=0.1 * lr ** 0.1,
+                  test_rel_l2_mean=0.02, status="done") for lr in (1e-4, 1e-3) for s in range(2)]
+    rows += [dict(lr=1e-3, n_train=256, seed=0, best_val_rel_l2=0.01, test_rel_l2_mean=0.01,
+                  status="done")]
+    path = _write_seeded(tmp_path / "r.csv", rows)
+    res = sp.analyse([path + "@approach=finetune"], str(tmp_path / "out"))
+    sel = {s["n_train"]: s for s in res["selected"]}
+    assert sel[64]["lr"] == 3e-4 and sel[64]["val"] == pytest.approx(0.05)
+    assert sel[64]["n_seeds"] == 3 and sel[64]["test"] == pytest.approx(0.06)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert sel[64]["test_ci_low"] == pytest.approx(0.06 - half)
+    assert sel[64]["test_ci_high"] == pytest.approx(0.06 + half)
+    assert [sel[n]["lr_at_edge"] for n in (64, 128, 256)] == ["", "low", "single"]
+    assert sel[128]["lr"] == 1e-4
+    with open(res["files"]["selected"]) as f:
+        table = {int(r["n_train"]): r for r in csv.DictReader(f)}
+    assert table[64]["lr_at_edge"] == "" and table[128]["lr_at_edge"] == "low"
+    assert float(table[64]["test_ci_high"]) == pytest.approx(0.06 + half)
+    assert "t-interval" in table[64]["interval"]
+    assert any("at the low edge" in line for line in res["lines"])
+    with open(res["files"]["seeds"]) as f:
+        seeds = [r for r in csv.DictReader(f) if r["n_train"] == "64"]
+    assert [(r["seed"], float(r["lr"]), float(r["test"])) for r in seeds] == [
+        ("0", 3e-4, 0.05), ("1", 3e-4, 0.07), ("2", 3e-4, 0.06)]
+    # the high edge
+    rows2 = [dict(r, best_val_rel_l2=0.1 / r["lr"]) for r in rows if r["n_train"] == 128]
+    res2 = sp.analyse([_write_seeded(tmp_path / "r2.csv", rows2)], str(tmp_path / "out2"))
+    assert res2["selected"][0]["lr_at_edge"] == "high" and res2["selected"][0]["lr"] == 1e-3
+
+
+def test_effective_data_exact_on_power_laws(tmp_path):
+    a_ft, b_ft, a_sc, b_sc = 0.2, 0.5, 3.0, 0.7
+    ns = NS[:8]                                    # 8 .. 1024
+    ft = _write(tmp_path / "ft.csv", _power_law_rows(a_ft, b_ft, ns))
+    sc = _write(tmp_path / "sc.csv", _power_law_rows(a_sc, b_sc, ns))
+    res = sp.analyse([ft + "@approach=finetune", sc + "@approach=scratch"],
+                     str(tmp_path / "out"), targets=[0.01])
+    fit = res["fits"][("model", "scratch")]
+    assert fit["b"] == pytest.approx(b_sc, rel=1e-9) and fit["a"] == pytest.approx(a_sc)
+    assert len(res["effective"]) == len(ns)
+    for e in res["effective"]:
+        n = e["n_train"]
+        d_e = (a_sc / (a_ft * n ** -b_ft)) ** (1 / b_sc)   # scratch n with the same error
+        assert e["scratch_equivalent_n"] == pytest.approx(d_e, rel=1e-9)
+        assert e["effective_data"] == pytest.approx(d_e - n, rel=1e-9)
+        assert e["extrapolated"] == int(d_e > 1024)
+        assert math.isnan(e["D_T_low"])            # one seed: no interval
+    with open(res["files"]["effective"]) as f:
+        written = list(csv.DictReader(f))
+    assert float(written[0]["effective_data"]) == pytest.approx(
+        res["effective"][0]["effective_data"])
+    with open(res["files"]["effective_png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_inverse_with_floor_and_never_reached():
+    fit = {"a": 2.0, "b": 0.8, "c": 0.01, "form": "a*n^-b+c", "cov": None}
+    n, se = sp.fit_inverse(fit, 0.02)
+    assert n == pytest.approx((0.01 / 2.0) ** (-1 / 0.8)) and math.isnan(se)
+    assert sp.fit_inverse(fit, 0.005)[0] == math.inf          # below the floor
+
+
+def test_ratio_interval_covers_true_ratio():
+    """Examples-needed ratio from the fits (delta method): covers the truth in most of 100
+    synthetic studies with 3 seeds."""
+    rng = np.random.default_rng(2)
+    a_ft, b_ft, a_sc, b_sc, target = 0.2, 0.5, 3.0, 0.7, 0.02
+    true = (a_sc / target) ** (1 / b_sc) / (a_ft / target) ** (1 / b_ft)
+    ns = [2 ** k for k in range(3, 11)]
+    covered, est = [], []
+    for _ in range(100):
+        rows = [r for r in _seeded_rows(rng, a_ft, b_ft, ns) if r["lr"] == 1e-3]
+        rows += [dict(r, approach="scratch") for r in _seeded_rows(rng, a_sc, b_sc, ns)
+                 if r["lr"] == 1e-3]
+        selected, points = sp.select_on_validation(sp.clean_rows(rows))
+        fits = sp.fit_table(selected, points)
+        (row,) = sp.examples_table(selected, [target], fits=fits)
+        est.append(row["ratio_fit"])
+        covered.append(row["ratio_fit_low"] <= true <= row["ratio_fit_high"])
+    assert abs(np.median(est) / true - 1) < 0.05
+    assert 0.85 <= np.mean(covered) <= 0.995
+
+
+def test_seeded_study_end_to_end(tmp_path):
+    rng = np.random.default_rng(3)
+    ns = [2 ** k for k in range(3, 11)]
+    ft = _write_seeded(tmp_path / "ft.csv", _seeded_rows(rng, 0.2, 0.5, ns))
+    sc = _write_seeded(tmp_path / "sc.csv", _seeded_rows(rng, 3.0, 0.7, ns, approach="scratch"))
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "utils/scaling_plots.py", ft, sc, "--out_dir", str(out),
+                        "--prefix", "s", "--target", "0.02", "--zero_shot", "0.3",
+                        "--title", "synthetic"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    for name in ("selected", "seeds", "fits", "examples_needed", "effective_data"):
+        assert (out / f"s_{name}.csv").stat().st_size > 0
+    for name in ("data_scaling", "effective_data"):
+        assert (out / f"s_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "s_selected.csv") as f:
+        sel = list(csv.DictReader(f))
+    assert all(float(r["lr"]) == 1e-3 and r["n_seeds"] == "3" for r in sel)
+    assert all(float(r["test_ci_low"]) < float(r["test"]) < float(r["test_ci_high"])
+               for r in sel)
+    with open(out / "s_fits.csv") as f:
+        fits = {r["approach"]: r for r in csv.DictReader(f)}
+    for approach, b in (("finetune", 0.5), ("scratch", 0.7)):
+        assert float(fits[approach]["b_low"]) <= b <= float(fits[approach]["b_high"])
+    assert "finetune: test err = " in p.stdout and "effective data transferred" in p.stdout
+    with open(out / "s_seeds.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * len(ns) * 3
+
+
+def test_old_table_without_seed_has_point_estimates_only(tmp_path):
+    path = _write(tmp_path / "old.csv", _power_law_rows(0.2, 0.5, NS[:6], approach="finetune"))
+    res = sp.analyse([path], str(tmp_path / "out"))
+    assert all(s["n_seeds"] == 1 and math.isnan(s["test_ci_low"]) for s in res["selected"])
+    (fit,) = res["fits"].values()
+    assert fit["b"] == pytest.approx(0.5) and math.isnan(fit["b_low"])
+    with open(res["files"]["selected"]) as f:
+        row = next(csv.DictReader(f))
+    assert row["test_ci_low"] == "nan" and row["n_seeds"] == "1"
+    with open(res["files"]["seeds"]) as f:
+        assert {r["seed"] for r in csv.DictReader(f)} == {"0"}

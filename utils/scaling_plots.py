@@ -127,7 +127,7 @@ def _model_label(row, panel_col="model"):
 
 def _seed_label(v):
     """Seed cell -> label; empty / missing (old tables) -> '0'; '1.0' -> '1'."""
-    v = (v or "").strip()
+    v = "" if v is None else str(v).strip()
     x = _float(v)
     if not v:
         return "0"
