@@ -186,6 +186,22 @@ def test_power_law_fit_recovers_exponent_and_interval_covers():
     assert np.mean(widths) < 0.1
 
 
+def test_power_law_interval_matches_linear_regression():
+    """Without a floor the fit is ordinary least squares of log err on log n: estimate and
+    t-interval of the slope equal scipy's linregress."""
+    from scipy import stats
+    rng = np.random.default_rng(5)
+    ns = np.repeat(2.0 ** np.arange(3, 9), 2)
+    errs = 0.5 * ns ** -0.6 * np.exp(0.1 * rng.standard_normal(ns.size))
+    fit = sp.fit_power_law(ns, errs, allow_floor=False)
+    ref = stats.linregress(np.log(ns), np.log(errs))
+    half = stats.t.ppf(0.975, ns.size - 2) * ref.stderr
+    assert fit["b"] == pytest.approx(-ref.slope)
+    assert (fit["b_low"], fit["b_high"]) == (pytest.approx(-ref.slope - half),
+                                             pytest.approx(-ref.slope + half))
+    assert fit["a"] == pytest.approx(math.exp(ref.intercept)) and fit["dof"] == ns.size - 2
+
+
 def test_floor_kept_only_when_supported():
     rng = np.random.default_rng(1)
     ns = np.repeat(2.0 ** np.arange(3, 13), 3)
@@ -297,6 +313,12 @@ def test_ratio_interval_covers_true_ratio():
         fits = sp.fit_table(selected, points)
         (row,) = sp.examples_table(selected, [target], fits=fits)
         est.append(row["ratio_fit"])
+        # independent fits: the variances of log n add (se = half-width / t quantile)
+        dofs = [fits[("model", k)]["dof"] for k in ("finetune", "scratch")]
+        se = [math.log(row[f"{k}_n_fit_high"] / row[f"{k}_n_fit"]) / sp._t_quantile(d)
+              for k, d in zip(("finetune", "scratch"), dofs)]
+        ratio_half = math.log(row["ratio_fit_high"] / row["ratio_fit"])
+        assert ratio_half == pytest.approx(sp._t_quantile(min(dofs)) * math.hypot(*se))
         covered.append(row["ratio_fit_low"] <= true <= row["ratio_fit_high"])
     assert abs(np.median(est) / true - 1) < 0.05
     assert 0.85 <= np.mean(covered) <= 0.995
