@@ -202,7 +202,7 @@ def fit_power_law(ns, errs, allow_floor=True, with_interval=True, conf=CONF):
     cov0 = rss0 / dof0 * np.linalg.inv(A.T @ A) if dof0 >= 1 else None
     fit = {"form": "a*n^-b", "a": math.exp(la), "b": float(b), "c": 0.0, "cov": cov0,
            "dof": dof0, "rss": rss0, "floor_p": NAN, "n_points": m, "n_sizes": sizes,
-           "n_min": float(np.exp(x.min())), "n_max": float(np.exp(x.max()))}
+           "n_min": float(np.min(ns)), "n_max": float(np.max(ns))}
     # the floor needs a spare degree of freedom and a visible misfit of the pure law
     if allow_floor and with_interval and sizes >= 4 and m - 3 >= 1 and rss0 > 1e-20 * m:
         floor = _fit_floor(x, y, la, b, rss0, m)
@@ -684,8 +684,13 @@ def plot_effective_data(eff, models, path, title=""):
                              sharey=True)
     shown = []
     for ax, model in zip(axes[0], models):
-        rows = [e for e in eff if e["model"] == model
-                and math.isfinite(e["effective_data"]) and e["effective_data"] > 0]
+        mine = [e for e in eff if e["model"] == model]
+        rows = [e for e in mine if math.isfinite(e["effective_data"]) and e["effective_data"] > 0]
+        hidden = [e for e in mine if e not in rows]
+        if hidden:        # say what a log axis cannot show instead of dropping it silently
+            ax.text(0.98, 0.02, "not drawn: " + ", ".join(
+                f"n={e['n_train']} (D_T={e['effective_data']:.3g})" for e in hidden),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=6, wrap=True)
         if rows:
             ns = np.array([e["n_train"] for e in rows], dtype=float)
             dt = np.array([e["effective_data"] for e in rows])
@@ -771,9 +776,13 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
               f"at the {s['lr_at_edge']} edge of the {s['n_lrs']} lrs tried"
               for s in selected if s["lr_at_edge"] in ("low", "high")]
     for e in eff:
-        lines.append(f"[{e['model']}] finetune n={e['n_train']}: effective data transferred "
-                     f"{_with_ci(e['effective_data'], e['D_T_low'], e['D_T_high'])} "
+        text = f"[{e['model']}] finetune n={e['n_train']}: effective data transferred "
+        if math.isinf(e["effective_data"]):
+            text += "infinite (fine-tuned error below the from-scratch fit's floor)"
+        else:
+            text += (f"{_with_ci(e['effective_data'], e['D_T_low'], e['D_T_high'])} "
                      f"(x{e['multiplier']:.3g}{', extrapolated' if e['extrapolated'] else ''})")
+        lines.append(text)
     for model, err in zs.items():
         lines.append(f"[{model or 'all'}] zero-shot test rel. L2 {err:.4g}")
     for line in lines:
