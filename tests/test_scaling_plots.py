@@ -324,16 +324,15 @@ def test_ratio_interval_covers_true_ratio():
     assert 0.85 <= np.mean(covered) <= 0.995
 
 
-def test_seeded_study_end_to_end(tmp_path):
+def test_seeded_study_end_to_end(tmp_path, capsys):
     rng = np.random.default_rng(3)
     ns = [2 ** k for k in range(3, 11)]
     ft = _write_seeded(tmp_path / "ft.csv", _seeded_rows(rng, 0.2, 0.5, ns))
     sc = _write_seeded(tmp_path / "sc.csv", _seeded_rows(rng, 3.0, 0.7, ns, approach="scratch"))
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "utils/scaling_plots.py", ft, sc, "--out_dir", str(out),
-                        "--prefix", "s", "--target", "0.02", "--zero_shot", "0.3",
-                        "--title", "synthetic"], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    sp.main([ft, sc, "--out_dir", str(out), "--prefix", "s", "--target", "0.02",
+             "--zero_shot", "0.3", "--title", "synthetic", "--fit_min_n", "16"])
+    stdout = capsys.readouterr().out
     for name in ("selected", "seeds", "fits", "examples_needed", "effective_data"):
         assert (out / f"s_{name}.csv").stat().st_size > 0
     for name in ("data_scaling", "effective_data"):
@@ -347,7 +346,8 @@ def test_seeded_study_end_to_end(tmp_path):
         fits = {r["approach"]: r for r in csv.DictReader(f)}
     for approach, b in (("finetune", 0.5), ("scratch", 0.7)):
         assert float(fits[approach]["b_low"]) <= b <= float(fits[approach]["b_high"])
-    assert "finetune: test err = " in p.stdout and "effective data transferred" in p.stdout
+        assert float(fits[approach]["n_min"]) == 16                  # --fit_min_n
+    assert "finetune: test err = " in stdout and "effective data transferred" in stdout
     with open(out / "s_seeds.csv") as f:
         assert len(list(csv.DictReader(f))) == 2 * len(ns) * 3
 
