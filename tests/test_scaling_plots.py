@@ -349,7 +349,18 @@ def test_seeded_study_end_to_end(tmp_path, capsys):
         assert float(fits[approach]["n_min"]) == 16                  # --fit_min_n
     assert "finetune: test err = " in stdout and "effective data transferred" in stdout
     with open(out / "s_seeds.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2 * len(ns) * 3
+        seeds = list(csv.DictReader(f))
+    assert len(seeds) == 2 * len(ns) * 3
+    assert all(r["subset_hash"] == f"h{r['n_train']}_{r['seed']}" for r in seeds)
+
+
+def test_subset_mismatch_across_lrs_is_reported(tmp_path, caplog):
+    rows = [dict(lr=lr, n_train=8, seed=0, best_val_rel_l2=0.1, test_rel_l2_mean=0.1,
+                 status="done", subset_hash=h) for lr, h in ((1e-3, "aa"), (1e-4, "bb"))]
+    rows += [dict(r, n_train=16) for r in rows]
+    with caplog.at_level("WARNING"):
+        sp.analyse([_write_seeded(tmp_path / "r.csv", rows)], str(tmp_path / "out"))
+    assert "lrs trained on different subsets ['aa', 'bb']" in caplog.text
 
 
 def test_old_table_without_seed_has_point_estimates_only(tmp_path):
