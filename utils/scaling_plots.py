@@ -295,12 +295,13 @@ def select_on_validation(rows):
     chosen lr's seeds).
     """
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    hashes = defaultdict(set)
+    hashes, hash_of = defaultdict(set), {}
     for r in rows:
         key = (r["model"], r["approach"], r["n_train"])
         groups[key][r["lr"]][r["seed"]].append((r["val"], r["test"]))
         if r["subset_hash"]:
             hashes[key + (r["seed"],)].add(r["subset_hash"])
+            hash_of[key + (r["lr"], r["seed"])] = r["subset_hash"]
     for key, hs in hashes.items():
         if len(hs) > 1:
             logger.warning("%s n_train=%d seed %s: lrs trained on different subsets %s",
@@ -321,10 +322,8 @@ def select_on_validation(rows):
                          "n_lrs": len(lrs), "lr_at_edge": edge, "n_seeds": len(seeds),
                          "val": mean_val[lr], "test": mean, "test_sd": sd,
                          "test_ci_low": lo, "test_ci_high": hi})
-        hash_of = {r["seed"]: r["subset_hash"] for r in rows if (r["model"], r["approach"],
-                   r["n_train"], r["lr"]) == (model, approach, n, lr)}
         points += [{"model": model, "approach": approach, "n_train": n, "lr": lr, "seed": s,
-                    "subset_hash": hash_of.get(s, ""), "val": float(per_seed[lr][s][0]),
+                    "subset_hash": hash_of.get((model, approach, n, lr, s), ""), "val": float(per_seed[lr][s][0]),
                     "test": float(per_seed[lr][s][1])} for s in seeds]
     order = lambda s: (s["model"], s["approach"], s["n_train"])  # noqa: E731
     return (sorted(selected, key=order),
