@@ -10,9 +10,10 @@ have another resolution than the training data (the FNO is resolution-agnostic).
 """
 import argparse
 import os
-import sys
 
+from utils.cli import cli
 from utils.malloc_tuning import configure_malloc
+from utils.run_layout import EVAL_SUMMARY, RunLayout
 
 
 def build_parser():
@@ -28,34 +29,28 @@ def build_parser():
     return p
 
 
+@cli()
 def main(argv=None):
     configure_malloc()
     args = build_parser().parse_args(argv)
-    from utils.logging_utils import config_logger
-    from utils.YParams import ConfigError, UserError, YParams, apply_overrides
+    from utils.errors import ConfigError
+    from utils.YParams import YParams, apply_overrides
     from utils.inferencer import run_eval
-    from models.fno import FNOConfigError
 
-    config_logger()
-    try:
-        params = YParams(args.yaml_config, args.config)
-        apply_overrides(params, args.overrides)
-        test_path = os.path.abspath(args.test_path) if args.test_path else params.get("test_path")
-        if not test_path:
-            raise ConfigError(f"config '{args.config}' has no test_path; pass --test_path")
-        if not args.out_dir:   # the default lies below the results root: plain names only
-            from utils.run_guard import check_plain_name
-            check_plain_name(args.config, "--config")
-            check_plain_name(args.run_num, "--run_num")
-        out_dir = args.out_dir or os.path.join(args.root_dir, "expts", args.config,
-                                               str(args.run_num), "eval")
-        summary = run_eval(params, args.weights, test_path, out_dir)
-    except (UserError, FNOConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    params = YParams(args.yaml_config, args.config)
+    apply_overrides(params, args.overrides)
+    test_path = os.path.abspath(args.test_path) if args.test_path else params.get("test_path")
+    if not test_path:
+        raise ConfigError(f"config '{args.config}' has no test_path; pass --test_path")
+    if not args.out_dir:   # the default lies below the results root: plain names only
+        from utils.run_guard import check_plain_name
+        check_plain_name(args.config, "--config")
+        check_plain_name(args.run_num, "--run_num")
+    out_dir = args.out_dir or RunLayout.of(args.root_dir, args.config, args.run_num).eval_dir
+    summary = run_eval(params, args.weights, test_path, out_dir)
     print(f"test relative L2 error: mean {summary['test_rel_l2_mean']:.4f}, median "
           f"{summary['test_rel_l2_median']:.4f} over {summary['n_test']} samples "
-          f"({os.path.join(out_dir, 'summary.json')})")
+          f"({os.path.join(out_dir, EVAL_SUMMARY)})")
 
 
 if __name__ == "__main__":

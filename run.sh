@@ -51,4 +51,5 @@ else
 fi
 
 # evaluate the best checkpoint (one process) on the config's test split
-$PYTHON eval.py "${args[@]}" --weights "$ROOT_DIR/expts/$CONFIG/$RUN_NUM/checkpoints/ckpt_best.tar" "$@"
+$PYTHON eval.py "${args[@]}" \
+  --weights "$($PYTHON utils/run_layout.py "$ROOT_DIR" "$CONFIG" "$RUN_NUM" best_ckpt)" "$@"

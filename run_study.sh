@@ -72,13 +72,13 @@ for size in ${SIZES:-default}; do
   sfx=${label:+_$label}
 
   # 1. pre-training (resumes from its checkpoint if interrupted; skipped when finished)
-  PT_RUN=$ROOT/expts/$PT/$run
-  WEIGHTS=$PT_RUN/checkpoints/ckpt_best.tar
-  if [ ! -f "$PT_RUN/train_summary.json" ]; then
+  layout() { $PYTHON utils/run_layout.py "$ROOT" "$PT" "$run" "$1"; }   # utils/run_layout.py
+  WEIGHTS=$(layout best_ckpt)
+  if [ ! -f "$(layout train_summary)" ]; then
     "${LAUNCH[@]}" train.py --yaml_config $YAML --config $PT --run_num "$run" --root_dir "$ROOT" \
       ${SETS[@]+"${SETS[@]}"} ${SZ[@]+"${SZ[@]}"}
   fi
-  [ -f "$PT_RUN/eval/summary.json" ] || $PYTHON eval.py --yaml_config $YAML --config $PT \
+  [ -f "$(layout eval_summary)" ] || $PYTHON eval.py --yaml_config $YAML --config $PT \
     --run_num "$run" --root_dir "$ROOT" --weights "$WEIGHTS" ${SZ[@]+"${SZ[@]}"}
 
   # 2. zero-shot: the pre-trained model on the downstream test set (pre-training scales)

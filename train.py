@@ -10,10 +10,10 @@ the run is resumed. Exit status: 0 done or stopped by SIGTERM/SIGUSR1 with a che
 """
 import argparse
 import logging
-import os
-import sys
 
+from utils.cli import cli
 from utils.malloc_tuning import configure_malloc
+from utils.run_layout import RunLayout
 
 
 def build_parser():
@@ -41,8 +41,8 @@ def run_dir_of(args):
     """{root_dir}/expts/{config}/{run_num}; config and run_num must be plain names."""
     from utils.run_guard import check_plain_name
 
-    return os.path.join(args.root_dir, "expts", check_plain_name(args.config, "--config"),
-                        check_plain_name(args.run_num, "--run_num"))
+    return RunLayout.of(args.root_dir, check_plain_name(args.config, "--config"),
+                        check_plain_name(args.run_num, "--run_num")).run_dir
 
 
 def run_training(params, args, run_dir=None):
@@ -78,16 +78,12 @@ def run_sweep_trial(params, args):
                            entity=params.get("entity"), project=params.get("project"))
 
 
+@cli()
 def main(argv=None):
     configure_malloc()
     args = build_parser().parse_args(argv)
-    from utils.logging_utils import config_logger
-    from utils.YParams import UserError
-    from utils.trainer import TrainingDiverged
-    from models.fno import FNOConfigError
     import torch.distributed as dist
 
-    config_logger()
     try:
         run_dir_of(args)   # plain names, before anything is read or written
         if args.sweep_id:
@@ -102,12 +98,6 @@ def main(argv=None):
             # every rank is done before the group is torn down: a rank that destroys it while
             # another is still in a gloo call can abort the process at exit
             dist.barrier()
-    except (UserError, FNOConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

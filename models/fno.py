@@ -31,8 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class FNOConfigError(ValueError):
-    """The model config is inconsistent, or an input does not fit the model."""
+from utils.errors import FNOConfigError  # noqa: E402  (a ConfigError and a ValueError)
 
 
 def _param(params, key, default=None):

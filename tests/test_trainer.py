@@ -12,7 +12,7 @@ import torch
 
 from tests.helpers import tiny_config, write_poisson_set
 from utils.YParams import REPO_ROOT, YParams
-from utils import trainer as trainer_mod
+from utils import fileio, trainer as trainer_mod
 from utils.finetune import FinetuneError, load_pretrained
 from utils.trainer import Trainer, TrainingDiverged
 
@@ -123,7 +123,7 @@ def test_interrupted_checkpoint_write_keeps_previous(cfg, tmp_path, monkeypatch)
 
     monkeypatch.setattr(trainer_mod.torch, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        trainer_mod.atomic_torch_save({"x": 1}, str(path))
+        fileio.torch_save_atomic({"x": 1}, str(path))
     assert path.read_bytes() == before and load(path)["epoch"] == 1
     assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["ckpt.tar", "ckpt_best.tar"]  # no temp
 

@@ -16,7 +16,7 @@ import re
 
 import yaml
 
-from utils.errors import UserError  # noqa: F401  (re-exported: UserError is part of this API)
+from utils.errors import ConfigError, UserError  # noqa: F401  (re-exported: part of this API)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +39,20 @@ def load_yaml(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
-class ConfigError(UserError):
-    """Bad or missing config file, config name or override."""
+def read_yaml(yaml_path, what="config file", error=ConfigError):
+    """The top-level mapping of a YAML file, parsed with `load_yaml` (THE YAML reader of the
+    project: configs and sweep files). Raises `error` (one line) for a missing or unparseable
+    file or one that does not hold a mapping."""
+    if not os.path.isfile(yaml_path):
+        raise error(f"{what} not found: {yaml_path}")
+    try:
+        with open(yaml_path) as f:
+            doc = load_yaml(f)
+    except yaml.YAMLError as e:
+        raise error(f"cannot parse {what} {yaml_path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(doc, dict):
+        raise error(f"{what} {yaml_path} does not hold a YAML mapping")
+    return doc
 
 
 def is_path_key(key):
@@ -68,15 +80,7 @@ class YParams:
     def __init__(self, yaml_path, config_name):
         self._yaml_path = os.path.abspath(yaml_path)
         self._config_name = config_name
-        if not os.path.isfile(yaml_path):
-            raise ConfigError(f"config file not found: {yaml_path}")
-        try:
-            with open(yaml_path) as f:
-                doc = load_yaml(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {yaml_path}: {str(e).splitlines()[0]}") from e
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{yaml_path} does not hold named configs (a YAML mapping)")
+        doc = read_yaml(yaml_path)
         if config_name not in doc:
             names = ", ".join(sorted(str(k) for k in doc))
             raise ConfigError(f"unknown config '{config_name}' in {yaml_path}; available: {names}")

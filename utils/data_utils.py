@@ -30,7 +30,6 @@ import logging
 import os
 from itertools import islice
 
-import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -38,42 +37,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from utils.errors import DataError
+from utils.h5io import SplitFile, split_info
 
 
 # --------------------------------------------------------------------------------------------
 # file inspection and scales
 # --------------------------------------------------------------------------------------------
-def inspect_h5(path, what="data file"):
-    """Check a split file's layout without reading its arrays.
-
-    Returns dict(n_samples, shape=(H, W), n_tensor) for `fields` (N, 2, H, W) [source, solution]
-    and `tensor` (N, k) (k = 0 when absent). Raises DataError with what was found otherwise.
-    """
-    if not path:
-        raise DataError(f"no {what} given in the config")
-    if not os.path.isfile(path):
-        raise DataError(f"{what} not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{what} {path} is not a readable HDF5 file ({e})") from e
-    with f:
-        keys = sorted(f.keys())
-        if "fields" not in f:
-            raise DataError(f"{what} {path} has no dataset 'fields' (found: {', '.join(keys) or 'none'})")
-        shape = f["fields"].shape
-        if len(shape) != 4 or shape[1] != 2:
-            raise DataError(f"{what} {path}: 'fields' must be (N, 2, n, n) [source, solution], "
-                            f"found {tuple(shape)}")
-        n_tensor = 0
-        if "tensor" in f:
-            tshape = f["tensor"].shape
-            if len(tshape) != 2 or tshape[0] != shape[0]:
-                raise DataError(f"{what} {path}: 'tensor' must be (N={shape[0]}, k), found {tuple(tshape)}")
-            n_tensor = tshape[1]
-    return dict(n_samples=shape[0], shape=(shape[2], shape[3]), n_tensor=n_tensor)
-
-
 def load_scales(path, n_tensor):
     """Read a scales file [source, tensor_0 .. tensor_{k-1}, sol, Lx, Ly]; zeros read as 1.
 
@@ -143,14 +112,19 @@ class PDEDataset(Dataset):
     def __init__(self, params, location, train):
         self.path = location
         self.train = train
-        info = inspect_h5(location, "train file" if train else "data file")
-        self.n_total = info["n_samples"]
-        self.img_shape = info["shape"]  # (H, W) = (ny, nx)
-        self.n_tensor = info["n_tensor"]
+        # the file is opened once here: header checks, and the reads of in_memory
+        with SplitFile(location, "train file" if train else "data file") as sf:
+            self._init(params, sf)
+
+    def _init(self, params, sf):
+        location, train = self.path, self.train
+        self.n_total = sf.n_samples
+        self.img_shape = sf.shape  # (H, W) = (ny, nx)
+        self.n_tensor = sf.n_tensor
         # channel_layout 'mixed': coefficients in the 7-channel layout of the three PDEs
         # (DESIGN.md section 5, utils/mixed_data.py); 'native': the file's own columns
         self.layout = params.get("channel_layout", "native") or "native"
-        self._coef = _coefficient_map(self.layout, location, self.n_tensor)
+        self._coef = _coefficient_map(self.layout, location, self.n_tensor, sf.pde)
         self.n_coef = self._coef.n_out if self._coef else self.n_tensor
         self.in_channels = 1 + self.n_coef
         in_dim = params.get("in_dim")
@@ -175,7 +149,7 @@ class PDEDataset(Dataset):
         self._pid = None
         self._mem = None
         if params.get("in_memory", False):
-            self._mem = self._read_rows(np.arange(self.n_samples) * self.subsample)
+            self._mem = self._read_rows(np.arange(self.n_samples) * self.subsample, sf)
         logging.info("data %s: %d samples (of %d, subsample %d), grid %dx%d, %d input channels%s",
                      location, self.n_samples, self.n_total, self.subsample, self.img_shape[0],
                      self.img_shape[1], self.in_channels, ", in memory" if self._mem else "")
@@ -184,9 +158,9 @@ class PDEDataset(Dataset):
         return self.n_samples
 
     # HDF5 access: opened lazily, once per process (a handle must not cross a fork)
-    def _h5(self):
+    def _split(self):
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            self._file = SplitFile(self.path)
             self._pid = os.getpid()
         return self._file
 
@@ -196,10 +170,11 @@ class PDEDataset(Dataset):
         state["_pid"] = None
         return state
 
-    def _read_rows(self, rows):
-        """Raw (source (B,H,W), solution (B,1,H,W), tensor (B,k)) float32 for file rows `rows`."""
+    def _read_rows(self, rows, split=None):
+        """Raw (source (B,H,W), solution (B,1,H,W), tensor (B,k)) float32 for file rows `rows`
+        (read from `split`, an open SplitFile, default this process's handle)."""
         rows = np.asarray(rows, dtype=np.int64)
-        f = self._h5()
+        split = split or self._split()
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
         if len(srt) > 1 and np.unique(srt).size != srt.size:
@@ -209,9 +184,7 @@ class PDEDataset(Dataset):
             sel = slice(int(srt[0]), int(srt[-1]) + 1, step)  # contiguous / strided: one slice
         else:
             sel = srt  # h5py point selection needs increasing indices
-        fields = np.asarray(f["fields"][sel], dtype=np.float32)
-        tensor = (np.asarray(f["tensor"][sel], dtype=np.float32) if self.n_tensor
-                  else np.zeros((len(srt), 0), np.float32))
+        fields, tensor = split.read(sel)
         if not np.all(order == np.arange(len(order))):
             inv = np.empty_like(order)
             inv[order] = np.arange(len(order))
@@ -239,16 +212,13 @@ class PDEDataset(Dataset):
         return x[0], y[0]
 
 
-def _coefficient_map(layout, location, n_tensor):
+def _coefficient_map(layout, location, n_tensor, pde_attr=None):
     """Callable (B, k) -> (B, k') mapping the file's coefficients to `layout`, or None."""
     if layout == "native":
         return None
     if layout == "mixed":
-        from utils.mixed_data import MixedDataError, coefficient_map
-        try:
-            return coefficient_map(location, n_tensor)
-        except MixedDataError as e:
-            raise DataError(str(e)) from e
+        from utils.mixed_data import coefficient_map
+        return coefficient_map(location, n_tensor, pde_attr)
     raise DataError(f"channel_layout must be 'native' or 'mixed', got {layout!r}")
 
 
@@ -308,11 +278,10 @@ def _reference_shape(params, own_shape):
     train_path = params.get("train_path")
     if isinstance(train_path, (list, tuple)):  # several train files share one grid
         train_path = resolve_paths(train_path)[0] if train_path else None
-    if train_path and os.path.isfile(train_path):
+    if train_path:
         try:
-            with h5py.File(train_path, "r") as f:
-                return tuple(f["fields"].shape[2:])
-        except (OSError, KeyError):
+            return split_info(train_path, "train file")["shape"]
+        except DataError:
             pass
     logging.warning("train file not readable: normalising with this file's own grid %s", own_shape)
     return own_shape

@@ -18,13 +18,9 @@ import pickle
 import numpy as np
 import torch
 
-from utils.YParams import UserError
+from utils.errors import FinetuneError
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP wrapper, torch.compile wrapper
-
-
-class FinetuneError(UserError):
-    """Pre-trained weights missing or not matching the model."""
 
 
 def clean_state_dict(state):

@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils import sampling, spectral
-from utils.h5io import DataError, SplitWriter, dataset_path, range_tag, SPLITS
+from utils.cli import run_cli
+from utils.errors import DataError
+from utils.h5io import SplitWriter, dataset_path, range_tag, SPLITS
 from utils.malloc_tuning import configure_malloc
 
 log = logging.getLogger(__name__)
@@ -534,14 +536,8 @@ def run(pde: str, args) -> dict:
 
 def main(pde: str, argv=None) -> None:
     """Entry point of the generator scripts: one-line error and exit status 2 on misuse."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser(pde).parse_args(argv)
-    configure_malloc()
-    try:
+    def body(argv):
+        args = build_parser(pde).parse_args(argv)
+        configure_malloc()
         run(pde, args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted (no partial file was left)", file=sys.stderr)
-        sys.exit(130)
+    run_cli(body, argv, interrupted="interrupted (no partial file was left)")

@@ -16,55 +16,48 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.h5io import DataError, save_npy_atomic  # noqa: E402
+from utils.cli import cli  # noqa: E402
+from utils.errors import DataError  # noqa: E402
+from utils.fileio import save_npy_atomic  # noqa: E402
+from utils.h5io import SplitFile, scales_file_for  # noqa: E402,F401  (scales_file_for: re-export)
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1024     # samples per read: memory stays bounded whatever the file size
 
 
-def sample_stats(train_path: str):
-    """Per-sample statistics of a split file, read in slices (bounded memory), float64.
+def open_train_split(train_path: str) -> SplitFile:
+    """The train split whose statistics are wanted (needs `fields` and `tensor`)."""
+    return SplitFile(train_path, "train file", need_tensor=True)
+
+
+def sample_stats(split: SplitFile):
+    """Per-sample statistics of an open split file, read in slices (bounded memory), float64.
 
     Returns (ny, nx), src_norm (N,) = ||f_i||_2, sol_max (N,) = max|u_i|, tensor (N, k).
     """
-    if not os.path.isfile(train_path):
-        raise DataError(f"{train_path} does not exist")
-    try:
-        h5 = h5py.File(train_path, "r")
-    except OSError as e:
-        raise DataError(f"{train_path} is not a readable HDF5 file ({e})") from None
-    with h5:
-        if "fields" not in h5 or "tensor" not in h5:
-            raise DataError(f"{train_path} lacks the 'fields' and 'tensor' datasets")
-        fields, tensor = h5["fields"], h5["tensor"]
-        N, _, ny, nx = fields.shape
-        src_norm, sol_max = np.empty(N), np.empty(N)
-        for s in range(0, N, READ_CHUNK):
-            block = fields[s:s + READ_CHUNK].astype(np.float64)
-            src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
-            sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
-        return (ny, nx), src_norm, sol_max, tensor[:].astype(np.float64)
+    fields = split.h5["fields"]
+    N = split.n_samples
+    src_norm, sol_max = np.empty(N), np.empty(N)
+    for s in range(0, N, READ_CHUNK):
+        block = fields[s:s + READ_CHUNK].astype(np.float64)
+        src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
+        sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
+    return split.shape, src_norm, sol_max, split.h5["tensor"][:].astype(np.float64)
 
 
 def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndarray:
     """Scales (k + 4,) float64 of the train file at train_path (read in slices, float64 math)."""
-    (ny, nx), src_norm, sol_max, tensor = sample_stats(train_path)
+    with open_train_split(train_path) as split:
+        (ny, nx), src_norm, sol_max, tensor = sample_stats(split)
     source_scale = np.median(src_norm) * (Lx / nx) * (Ly / ny)
     return np.concatenate([[source_scale], np.median(np.abs(tensor), axis=0),
                            [np.median(sol_max)], [Lx, Ly]])
 
 
-def scales_file_for(train_path: str) -> str:
-    """data/x/poisson_train_k1_5.h5 -> data/x/poisson_train_k1_5_scales.npy"""
-    root, _ = os.path.splitext(train_path)
-    return root + "_scales.npy"
-
-
+@cli(user_errors=(OSError,))
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description="Write the normalisation scales of a train split "
                                             "next to it ({train file}_scales.npy).")
     p.add_argument("train_path", help="a {pde}_train_{tag}.h5 file")
@@ -74,14 +67,10 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing scales file")
     args = p.parse_args(argv)
     out = args.out or scales_file_for(args.train_path)
-    try:
-        if os.path.exists(out) and not args.overwrite:
-            raise DataError(f"{out} exists (pass --overwrite to replace it)")
-        scales = compute_scales(args.train_path, args.Lx, args.Ly)
-        save_npy_atomic(out, scales)
-    except (DataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if os.path.exists(out) and not args.overwrite:
+        raise DataError(f"{out} exists (pass --overwrite to replace it)")
+    scales = compute_scales(args.train_path, args.Lx, args.Ly)
+    save_npy_atomic(out, scales)
     log.info("wrote %s: %s", out, np.array2string(scales, precision=6))
 
 

@@ -8,18 +8,15 @@ Both are averages over samples of a per-sample quantity, so DDP's gradient avera
 of batch B/W equals one process with batch B (the trainer relies on this).
 Relative L2 error of a sample: ||pred - target||_2 / ||target||_2 over its pixels.
 """
-import json
 import logging
 import os
 
 import numpy as np
 import torch
 
-from utils.YParams import UserError
-
-
-class EvalError(UserError):
-    """Bad eval input (weights file, model/config mismatch)."""
+from utils.errors import EvalError
+from utils.fileio import save_npy_atomic, savefig_atomic, write_json_atomic
+from utils.run_layout import EVAL_EXAMPLES, EVAL_PER_SAMPLE, EVAL_SUMMARY
 
 
 def per_sample_loss(pred, target, loss_style="sum"):
@@ -123,24 +120,8 @@ def plot_examples(source, target, pred, path=None):
         axes[i, 3].set_ylabel(f"rel L2 {rel:.3g}")
     fig.tight_layout()
     if path is not None:
-        tmp = f"{path}.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        savefig_atomic(fig, path, dpi=80)
     return fig
-
-
-def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def save_npy_atomic(path, arr):
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
@@ -177,12 +158,12 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
         config=params.config_name,
     )
     os.makedirs(out_dir, exist_ok=True)
-    save_npy_atomic(os.path.join(out_dir, "rel_l2_per_sample.npy"), rel.astype(np.float32))
+    save_npy_atomic(os.path.join(out_dir, EVAL_PER_SAMPLE), rel.astype(np.float32))
     if "examples" in res:
         import matplotlib.pyplot as plt
-        fig = plot_examples(*res["examples"], path=os.path.join(out_dir, "examples.png"))
+        fig = plot_examples(*res["examples"], path=os.path.join(out_dir, EVAL_EXAMPLES))
         plt.close(fig)
-    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    write_json_atomic(os.path.join(out_dir, EVAL_SUMMARY), summary)
     logging.info("test %s: rel L2 mean %.4g median %.4g, loss %.4g over %d samples",
                  test_path, summary["test_rel_l2_mean"], summary["test_rel_l2_median"],
                  summary["test_loss"], summary["n_test"])

@@ -25,28 +25,23 @@ import logging
 import os
 import sys
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import DataError  # noqa: E402
-from utils.get_scale import sample_stats  # noqa: E402
-from utils.h5io import save_npy_atomic  # noqa: E402
+from utils.cli import cli  # noqa: E402
+from utils.errors import MixedDataError  # noqa: E402,F401  (re-export: raised here)
+from utils.fileio import save_npy_atomic  # noqa: E402
+from utils.get_scale import open_train_split, sample_stats  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 MIXED_CHANNELS = ("f", "K11", "K22", "K12", "v1", "v2", "omega")
 N_MIXED_COEF = len(MIXED_CHANNELS) - 1
-READ_CHUNK = 1024       # samples per HDF5 read (bounded memory)
 # tensor width -> PDE; the `pde` root attribute of the file, when present, must agree
 PDE_OF_WIDTH = {3: "poisson", 5: "ad", 2: "helmholtz"}
 # coefficient columns of the mixed layout each PDE has (the others are absent terms, 0)
 PRESENT = {"poisson": [0, 1, 2], "ad": [0, 1, 2, 3, 4], "helmholtz": [0, 1, 5]}
-
-
-class MixedDataError(DataError):
-    """Files that cannot be put in the mixed layout (reported as one line)."""
 
 
 def pde_of(path, n_tensor, attr=None):
@@ -91,22 +86,17 @@ class CoefficientMap:
         return to_mixed(self.pde, tensor)
 
 
-def coefficient_map(path, n_tensor):
-    """CoefficientMap of the split file `path` (its PDE from the width and `pde` attribute)."""
-    with h5py.File(path, "r") as h5:
-        attr = h5.attrs.get("pde")
-    return CoefficientMap(pde_of(path, n_tensor, attr))
+def coefficient_map(path, n_tensor, pde_attr=None):
+    """CoefficientMap of the split file `path` from its coefficient width `n_tensor` and its
+    `pde` attribute `pde_attr` (utils.h5io.SplitFile.pde; None: not checked)."""
+    return CoefficientMap(pde_of(path, n_tensor, pde_attr))
 
 
 def _file_stats(path):
     """PDE, grid, per-sample ||f||_2 and max|u|, and mixed coefficients of one split file."""
-    try:
-        grid, src_norm, sol_max, tensor = sample_stats(path)
-        with h5py.File(path, "r") as h5:
-            attr = h5.attrs.get("pde")
-    except DataError as e:
-        raise MixedDataError(str(e)) from None
-    pde = pde_of(path, tensor.shape[1], attr)
+    with open_train_split(path) as split:
+        grid, src_norm, sol_max, tensor = sample_stats(split)
+        pde = pde_of(path, split.n_tensor, split.pde)
     return pde, grid, src_norm, sol_max, to_mixed(pde, tensor)
 
 
@@ -130,6 +120,7 @@ def mixed_scales(train_paths, Lx=1.0, Ly=1.0):
                            [np.median(sol), Lx, Ly]])
 
 
+@cli(user_errors=(OSError,))
 def main(argv=None):
     p = argparse.ArgumentParser(description="Scales of a mixed-physics train set (union).")
     p.add_argument("train_paths", nargs="+", help="train split files of the PDEs to mix")
@@ -138,15 +129,10 @@ def main(argv=None):
     p.add_argument("--Ly", type=float, default=1.0)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if os.path.exists(args.out) and not args.overwrite:
-            raise MixedDataError(f"{args.out} exists (pass --overwrite to replace it)")
-        scales = mixed_scales(args.train_paths, args.Lx, args.Ly)
-        save_npy_atomic(args.out, scales)
-    except (MixedDataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise MixedDataError(f"{args.out} exists (pass --overwrite to replace it)")
+    scales = mixed_scales(args.train_paths, args.Lx, args.Ly)
+    save_npy_atomic(args.out, scales)
     logger.info("wrote %s: %s", args.out, np.array2string(scales, precision=6))
 
 

@@ -12,14 +12,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import h5py  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.h5io import DataError, dataset_path  # noqa: E402
+from utils.cli import cli  # noqa: E402
+from utils.errors import DataError  # noqa: E402
+from utils.fileio import savefig_atomic  # noqa: E402
+from utils.h5io import SplitFile, dataset_path  # noqa: E402
 
 DEFAULT_RANGES = {"poisson": (1, 5), "ad": (0.2, 1), "helmholtz": (1, 10)}
 TITLES = {"poisson": "Poisson", "ad": "advection-diffusion", "helmholtz": "Helmholtz"}
@@ -42,9 +44,10 @@ def plot_overview(datapath, out, per_pde=2, split="test"):
         path = dataset_path(datapath, pde, split, lo, hi)
         if not os.path.exists(path):
             raise DataError(f"{path} missing (run ./run_gen_data.sh first)")
-        with h5py.File(path, "r") as h:
-            fields, tensor = h["fields"][:per_pde], h["tensor"][:per_pde]
-            other = h["other"][:per_pde] if "other" in h else [None] * per_pde
+        with SplitFile(path, f"{pde} {split} file", need_tensor=True) as sf:
+            fields, tensor, other = sf.read(slice(0, per_pde), other=True)
+        if other is None:
+            other = [None] * per_pde
         for s in range(per_pde):
             for c, name in enumerate(("source f", "solution u")):
                 ax = axes[row, 2 * s + c]
@@ -57,22 +60,19 @@ def plot_overview(datapath, out, per_pde=2, split="test"):
                              fontsize=9)
                 ax.set_xticks([0, 1])
                 ax.set_yticks([0, 1])
-    fig.savefig(out, dpi=90)
+    savefig_atomic(fig, out, dpi=90)
     plt.close(fig)
 
 
+@cli()
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--datapath", default="data/demo")
     p.add_argument("--out", default="assets/overview.png")
     p.add_argument("--per_pde", type=int, default=2, help="samples per PDE")
     args = p.parse_args(argv)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        plot_overview(args.datapath, args.out, args.per_pde)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plot_overview(args.datapath, args.out, args.per_pde)
     print(f"wrote {args.out}")
 
 

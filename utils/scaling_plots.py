@@ -56,7 +56,6 @@ intervals, lr choice), `{prefix}_seeds.csv` (the faint seed points), `{prefix}_f
 """
 import argparse
 import csv
-import io
 import json
 import logging
 import math
@@ -70,6 +69,7 @@ from scipy import optimize, stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.errors import UserError  # noqa: E402
+from utils.fileio import savefig_atomic, write_csv_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -535,20 +535,11 @@ def parse_zero_shot(specs):
 
 # ----------------------------------------------------------------------------- outputs
 def _atomic_csv(path, rows, fields):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_csv_atomic(path, rows, fields)
 
 
 def _atomic_savefig(fig, path):
-    tmp = path + f".tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
+    savefig_atomic(fig, path, dpi=130, bbox_inches="tight")
 
 
 def _model_order(rows, selected):

@@ -42,12 +42,14 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import yaml
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.py`
     sys.path.insert(0, REPO_ROOT)
-from utils.errors import UserError  # noqa: E402
+from utils.cli import cli, report  # noqa: E402
+from utils.errors import SweepError, UserError  # noqa: E402
+from utils.fileio import write_text_atomic  # noqa: E402
+from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
+from utils.YParams import load_yaml, read_yaml  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SWEEP_METHODS = ("grid", "random", "bayes")
@@ -60,22 +62,7 @@ RESULT_FIELDS = ("n_train", "best_val_rel_l2", "best_val_loss", "best_epoch", "e
                  "test_rel_l2_mean", "test_rel_l2_median", "n_test", "n_params")
 
 
-class SweepError(UserError):
-    """A user mistake in a sweep file or runner argument (reported as one line)."""
-
-
 # ----------------------------------------------------------------------------- sweep files
-def _coerce_number(v):
-    """YAML 1.1 reads `1e-5` (no dot) as a string; W&B reads it as a number. Follow W&B."""
-    if isinstance(v, str):
-        for cast in (int, float):
-            try:
-                return cast(v)
-            except ValueError:
-                pass
-    return v
-
-
 def _plain(v):
     """numpy scalars (the sweep engine's samples) -> Python numbers (repr, JSON friendly)."""
     return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
@@ -97,17 +84,10 @@ def yaml_text(v):
 def load_sweep(path):
     """Read and check a W&B sweep file -> dict with `method`, `parameters`, `metric`, ...
 
-    Numeric strings in `value`/`values` become numbers (see `_coerce_number`).
+    Read with the config loader (utils/YParams.py), which reads `1e-5` as a number as W&B does.
     """
-    if not os.path.isfile(path):
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise SweepError(f"cannot parse sweep file {path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("parameters"), dict) \
-            or not cfg["parameters"]:
+    cfg = read_yaml(path, "sweep file", error=SweepError)
+    if not isinstance(cfg.get("parameters"), dict) or not cfg["parameters"]:
         raise SweepError(f"sweep file {path} has no `parameters` mapping")
     method = cfg.get("method", "grid")
     if method not in SWEEP_METHODS:
@@ -120,10 +100,7 @@ def load_sweep(path):
         if "values" in spec:
             if not isinstance(spec["values"], list) or not spec["values"]:
                 raise SweepError(f"sweep parameter {key!r}: `values` must be a non-empty list")
-            spec["values"] = [_coerce_number(v) for v in spec["values"]]
-        elif "value" in spec:
-            spec["value"] = _coerce_number(spec["value"])
-        elif method == "grid":
+        elif "value" not in spec and method == "grid":
             raise SweepError(f"grid sweep parameter {key!r} needs `value` or `values` "
                              f"(distributions need method random or bayes)")
     return cfg
@@ -138,8 +115,7 @@ def override_values(cfg, overrides):
         if key not in cfg["parameters"]:
             raise SweepError(f"--values: {key!r} is not a parameter of the sweep "
                              f"(have {sorted(cfg['parameters'])})")
-        cfg["parameters"][key] = {"values": [_coerce_number(yaml.safe_load(v))
-                                             for v in vals.split(",")]}
+        cfg["parameters"][key] = {"values": [load_yaml(v) for v in vals.split(",")]}
     return cfg
 
 
@@ -206,7 +182,7 @@ def wandb_trial_dir(root_dir, sweep_id, name):
     """Run directory of a W&B sweep trial: {root_dir}/sweeps/{sweep_id}/{name}/."""
     from utils.run_guard import check_plain_name
 
-    return os.path.join(root_dir, "sweeps", check_plain_name(sweep_id, "--sweep_id"),
+    return os.path.join(sweep_dir(root_dir, check_plain_name(sweep_id, "--sweep_id")),
                         check_plain_name(name, "trial name"))
 
 
@@ -294,16 +270,6 @@ def _read_json(path):
         return None
 
 
-def atomic_write_text(path, text):
-    """Write `text` to `path` via a temporary file in the same directory + os.replace."""
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class LocalSweep:
     """Runs a sweep file's trials as train.py / eval.py subprocesses (see module docstring).
 
@@ -334,7 +300,7 @@ class LocalSweep:
             check_plain_name(config, "--config")
         except UserError as e:
             raise SweepError(str(e)) from None
-        self.sweep_dir = os.path.join(self.root_dir, "sweeps", self.sweep_name)
+        self.sweep_dir = sweep_dir(self.root_dir, self.sweep_name)
         self.sets = list(sets)
         self.tags = _parse_pairs(tags, "--tag")
         self.launcher = shlex.split(launcher) if launcher else []
@@ -356,10 +322,7 @@ class LocalSweep:
 
     # -- checks and layout
     def _check_config(self):
-        if not os.path.isfile(self.yaml_config):
-            raise SweepError(f"yaml config not found: {self.yaml_config}")
-        with open(self.yaml_config) as f:
-            doc = yaml.safe_load(f) or {}
+        doc = read_yaml(self.yaml_config, "yaml config", error=SweepError)
         if self.config not in doc:
             raise SweepError(f"config {self.config!r} not in {self.yaml_config} "
                              f"(have {sorted(doc)})")
@@ -367,15 +330,16 @@ class LocalSweep:
             if not os.path.isfile(os.path.join(self.repo_root, script)):
                 raise SweepError(f"{script} not found in {self.repo_root}")
 
+    def layout(self, name):
+        """train.py's run of trial `name` (train.py --root_dir sweep_dir --run_num name)."""
+        return RunLayout.of(self.sweep_dir, self.config, name)
+
     def run_dir(self, name):
-        """train.py's run dir of trial `name` (train.py --root_dir sweep_dir --run_num name)."""
-        return os.path.join(self.sweep_dir, "expts", self.config, name)
+        return self.layout(name).run_dir
 
     def summary_paths(self, name):
-        rd = self.run_dir(name)
-        return (os.path.join(rd, "train_summary.json"),
-                os.path.join(rd, "checkpoints", "ckpt_best.tar"),
-                os.path.join(rd, "eval", "summary.json"))
+        run = self.layout(name)
+        return run.train_summary, run.best_ckpt, run.eval_summary
 
     def is_done(self, name):
         return os.path.isfile(self.summary_paths(name)[2])
@@ -488,7 +452,7 @@ class LocalSweep:
             writer.writerow(self.trial_row(name, s, failed=name in failed))
         path = os.path.join(self.sweep_dir, "results.csv")
         with self._lock:
-            atomic_write_text(path, buf.getvalue())
+            write_text_atomic(path, buf.getvalue())
         return path
 
     def _run_batch(self, todo, all_trials, failed):
@@ -536,7 +500,7 @@ class LocalSweep:
                         logger.warning("sweep engine proposed no new trial; stopping")
                         break
                     trials += new
-                    atomic_write_text(self._trials_file(), json.dumps(trials, indent=1))
+                    write_text_atomic(self._trials_file(), json.dumps(trials, indent=1))
                     continue
                 if not todo:
                     break
@@ -556,6 +520,7 @@ def _parse_pairs(items, flag):
     return out
 
 
+@cli()
 def main(argv=None):
     p = argparse.ArgumentParser(description="Run a W&B sweep file locally (no W&B server).")
     p.add_argument("--sweep", required=True, help="W&B sweep file, e.g. configs/sweep_config.yaml")
@@ -574,20 +539,14 @@ def main(argv=None):
     p.add_argument("--launcher", default="",
                    help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4"')
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        cfg = override_values(load_sweep(args.sweep), args.values)
-        sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
-                           sweep_name=args.name, sets=args.sets, tags=args.tag,
-                           launcher=args.launcher, jobs=args.jobs, count=args.count)
-        path, failed = sweep.run()
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = override_values(load_sweep(args.sweep), args.values)
+    sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
+                       sweep_name=args.name, sets=args.sets, tags=args.tag,
+                       launcher=args.launcher, jobs=args.jobs, count=args.count)
+    path, failed = sweep.run()
     print(path)
     if failed:
-        print(f"error: {len(failed)} trial(s) failed: {' '.join(failed)}", file=sys.stderr)
-        sys.exit(1)
+        report(f"{len(failed)} trial(s) failed: {' '.join(failed)}", 1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Training loop: one process or DDP (torchrun / slurm), exact resume, preemption-safe.
 
-Run directory `{root_dir}/expts/{config}/{run_num}/` (rank 0 writes):
+Run directory `{root_dir}/expts/{config}/{run_num}/` (utils/run_layout.py; rank 0 writes,
+every file atomically):
   hyperparams.yaml         the config as run (with --set overrides and derived sizes)
-  checkpoints/ckpt.tar     latest state, written atomically after every epoch / on SIGTERM
+  checkpoints/ckpt.tar     latest state, written after every epoch / on SIGTERM
   checkpoints/ckpt_best.tar  the epoch with the lowest validation loss
   metrics.jsonl            one JSON object per epoch
   train_summary.json       written when training reaches max_epochs
@@ -32,23 +33,17 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.YParams import ConfigError, UserError
 from utils.data_utils import get_data_loader
+from utils.errors import CheckpointError, ConfigError, TrainingDiverged
+from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
                             load_pretrained, safe_torch_load)
-from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples, write_json_atomic
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or inf."""
-
-
-class CheckpointError(UserError):
-    """The run's own checkpoint cannot be read."""
+from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples
+from utils.run_layout import RunLayout
 
 
 # --------------------------------------------------------------------------------------------
-# process group, seeds, atomic files
+# process group, seeds
 # --------------------------------------------------------------------------------------------
 def setup_distributed():
     """Initialise DDP from torchrun/slurm variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
@@ -92,31 +87,6 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_torch_save(obj, path):
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
-
-    An interrupted write leaves the previous file intact (and no temporary behind on errors).
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,11 +141,12 @@ class Trainer:
 
         _check_params(params)
         self.params = params
-        self.run_dir = os.path.abspath(run_dir)
-        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
-        self.ckpt_path = os.path.join(self.ckpt_dir, "ckpt.tar")
-        self.best_path = os.path.join(self.ckpt_dir, "ckpt_best.tar")
-        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self.layout = RunLayout(run_dir)
+        self.run_dir = self.layout.run_dir
+        self.ckpt_dir = self.layout.ckpt_dir
+        self.ckpt_path = self.layout.ckpt
+        self.best_path = self.layout.best_ckpt
+        self.metrics_path = self.layout.metrics
         self.run_name = run_name or os.path.basename(self.run_dir)
         self.world, self.rank, self.local_rank, self.device = setup_distributed()
         self.distributed = dist.is_initialized()
@@ -250,8 +221,8 @@ class Trainer:
         if self.is_root and self.params.get("save_checkpoint", True):
             ckpt = self._checkpoint(step_in_epoch, partial)
             if is_best:  # best first: a crash in between only repeats this epoch on resume
-                atomic_torch_save(ckpt, self.best_path)
-            atomic_torch_save(ckpt, self.ckpt_path)
+                torch_save_atomic(ckpt, self.best_path)
+            torch_save_atomic(ckpt, self.ckpt_path)
         if self.distributed:
             dist.barrier()
 
@@ -284,7 +255,7 @@ class Trainer:
         hp.update(world_size=self.world, global_batch_size=self.global_batch,
                   local_batch_size=self.local_batch, n_train=len(self.train_set),
                   n_params=self.n_params, config_name=self.params.config_name)
-        atomic_write_text(os.path.join(self.run_dir, "hyperparams.yaml"),
+        write_text_atomic(self.layout.hyperparams,
                           yaml.safe_dump(hp, sort_keys=False))
 
     def _truncate_metrics(self):
@@ -295,7 +266,7 @@ class Trainer:
             lines = [l for l in f if l.strip()]
         keep = [l for l in lines if json.loads(l).get("epoch", 0) <= self.epoch]
         if len(keep) != len(lines):
-            atomic_write_text(self.metrics_path, "".join(keep))
+            write_text_atomic(self.metrics_path, "".join(keep))
 
     def _append_metrics(self, row):
         with open(self.metrics_path, "a") as f:
@@ -459,7 +430,7 @@ class Trainer:
                            global_batch_size=self.global_batch, world_size=self.world,
                            iters=self.iters, run_dir=self.run_dir)
             if self.is_root:
-                write_json_atomic(os.path.join(self.run_dir, "train_summary.json"), summary)
+                write_json_atomic(self.layout.train_summary, summary)
             return summary
         finally:
             self._restore_signal_handlers()
@@ -476,7 +447,7 @@ class Trainer:
             self._own_wandb_run = False
             return wandb.run
         self._own_wandb_run = True
-        os.makedirs(os.path.join(self.run_dir, "wandb"), exist_ok=True)
+        os.makedirs(self.layout.wandb_dir, exist_ok=True)
         return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
                           group=f"op_{self.params.config_name}", project=self.params.get("project"),
                           entity=self.params.get("entity"), resume="allow")

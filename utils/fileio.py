@@ -1,0 +1,112 @@
+"""THE atomic file writers: every file the project writes goes through `atomic_path`.
+
+A writer produces a temporary file beside the destination (same directory, so same file
+system), flushes it to disk (fsync) and renames it onto the destination (`os.replace`, atomic
+on POSIX): a reader sees the old file or the complete new one, never a truncated one, and an
+interrupted or failing write leaves the old file intact and no temporary behind.
+
+    with atomic_path("out/summary.json") as tmp:   # tmp: 'out/.summary.json.<pid>-<hex>.tmp.json'
+        write_something(tmp)
+    # renamed onto out/summary.json here; on an exception tmp is removed and nothing renamed
+
+The temporary name keeps the destination's extension (np.save / savefig / h5py pick the
+format from it) and is unique per process and call (threads of a sweep runner may write at
+once).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import secrets
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory):
+    """Make the rename itself durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path) -> str:
+    """A fresh hidden name beside `path` with the same extension."""
+    d, base = os.path.split(os.path.abspath(os.fspath(path)))
+    ext = os.path.splitext(base)[1]
+    return os.path.join(d, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp{ext}")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`,
+    on an exception (also KeyboardInterrupt) remove it and re-raise."""
+    path = os.fspath(path)
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` (UTF-8, newlines as given) to `path` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
+def write_json_atomic(path, obj, indent: int = 2) -> None:
+    """JSON of `obj` (indented, trailing newline) to `path` atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_csv_atomic(path, rows, fields) -> None:
+    """CSV with header `fields` and one line per dict of `rows` (other keys ignored)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def save_npy_atomic(path, array) -> None:
+    """np.save `array` to `path` atomically (`path` should end in .npy)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def torch_save_atomic(obj, path) -> None:
+    """torch.save `obj` to `path` atomically (checkpoints)."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def savefig_atomic(fig, path, **savefig_kwargs) -> None:
+    """fig.savefig(path, **kwargs) atomically (format from the extension of `path`)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)

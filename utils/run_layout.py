@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""THE run-directory layout (DESIGN.md section 7): where a run's files live.
+
+    {root_dir}/expts/{config}/{run_num}/      one training run (train.py --root_dir --config
+        hyperparams.yaml                      --run_num); rank 0 writes everything
+        metrics.jsonl
+        train_summary.json                    written when training reaches max_epochs
+        checkpoints/ckpt.tar                  latest state (resume)
+        checkpoints/ckpt_best.tar             lowest validation loss (what eval.py reads)
+        eval/summary.json                     eval.py's default output folder
+        eval/rel_l2_per_sample.npy, eval/examples.png
+        wandb/
+    {root_dir}/sweeps/{sweep}/                a sweep (utils/sweeps.py): its trials are runs
+                                              of the layout above with root_dir = this folder
+
+Python code uses `RunLayout`; the shell scripts ask this file for a path:
+
+    python utils/run_layout.py ROOT_DIR CONFIG RUN_NUM [best_ckpt|ckpt|train_summary|...]
+"""
+import argparse
+import os
+
+# the outputs of one evaluation (eval.py / utils.inferencer.run_eval) inside its folder
+EVAL_SUMMARY = "summary.json"
+EVAL_PER_SAMPLE = "rel_l2_per_sample.npy"
+EVAL_EXAMPLES = "examples.png"
+
+
+class RunLayout:
+    """Paths of one run directory (nothing is created)."""
+
+    def __init__(self, run_dir):
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+
+    @classmethod
+    def of(cls, root_dir, config, run_num):
+        """The run `{root_dir}/expts/{config}/{run_num}/` (relative root_dir: from the CWD)."""
+        return cls(os.path.join(os.fspath(root_dir), "expts", str(config), str(run_num)))
+
+    def _path(self, *parts):
+        return os.path.join(self.run_dir, *parts)
+
+    @property
+    def ckpt_dir(self):
+        return self._path("checkpoints")
+
+    @property
+    def ckpt(self):
+        return self._path("checkpoints", "ckpt.tar")
+
+    @property
+    def best_ckpt(self):
+        return self._path("checkpoints", "ckpt_best.tar")
+
+    @property
+    def hyperparams(self):
+        return self._path("hyperparams.yaml")
+
+    @property
+    def metrics(self):
+        return self._path("metrics.jsonl")
+
+    @property
+    def train_summary(self):
+        return self._path("train_summary.json")
+
+    @property
+    def wandb_dir(self):
+        return self._path("wandb")
+
+    @property
+    def eval_dir(self):
+        return self._path("eval")
+
+    @property
+    def eval_summary(self):
+        return self._path("eval", EVAL_SUMMARY)
+
+
+def sweep_dir(root_dir, name):
+    """Folder of the sweep `name`: {root_dir}/sweeps/{name}/ (W&B trials: name = sweep id)."""
+    return os.path.join(os.fspath(root_dir), "sweeps", str(name))
+
+
+NAMES = ("run_dir", "ckpt_dir", "ckpt", "best_ckpt", "hyperparams", "metrics", "train_summary",
+         "wandb_dir", "eval_dir", "eval_summary")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Print a path of the run directory layout.")
+    p.add_argument("root_dir")
+    p.add_argument("config")
+    p.add_argument("run_num")
+    p.add_argument("name", nargs="?", default="run_dir", choices=NAMES)
+    args = p.parse_args(argv)
+    print(getattr(RunLayout.of(args.root_dir, args.config, args.run_num), args.name))
+
+
+if __name__ == "__main__":
+    main()
