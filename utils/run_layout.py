@@ -27,54 +27,25 @@ EVAL_EXAMPLES = "examples.png"
 
 
 class RunLayout:
-    """Paths of one run directory (nothing is created)."""
+    """Paths of one run directory (attributes; nothing is created)."""
 
     def __init__(self, run_dir):
+        join = os.path.join
         self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.ckpt_dir = join(self.run_dir, "checkpoints")
+        self.ckpt = join(self.ckpt_dir, "ckpt.tar")
+        self.best_ckpt = join(self.ckpt_dir, "ckpt_best.tar")
+        self.hyperparams = join(self.run_dir, "hyperparams.yaml")
+        self.metrics = join(self.run_dir, "metrics.jsonl")
+        self.train_summary = join(self.run_dir, "train_summary.json")
+        self.wandb_dir = join(self.run_dir, "wandb")
+        self.eval_dir = join(self.run_dir, "eval")
+        self.eval_summary = join(self.eval_dir, EVAL_SUMMARY)
 
     @classmethod
     def of(cls, root_dir, config, run_num):
         """The run `{root_dir}/expts/{config}/{run_num}/` (relative root_dir: from the CWD)."""
         return cls(os.path.join(os.fspath(root_dir), "expts", str(config), str(run_num)))
-
-    def _path(self, *parts):
-        return os.path.join(self.run_dir, *parts)
-
-    @property
-    def ckpt_dir(self):
-        return self._path("checkpoints")
-
-    @property
-    def ckpt(self):
-        return self._path("checkpoints", "ckpt.tar")
-
-    @property
-    def best_ckpt(self):
-        return self._path("checkpoints", "ckpt_best.tar")
-
-    @property
-    def hyperparams(self):
-        return self._path("hyperparams.yaml")
-
-    @property
-    def metrics(self):
-        return self._path("metrics.jsonl")
-
-    @property
-    def train_summary(self):
-        return self._path("train_summary.json")
-
-    @property
-    def wandb_dir(self):
-        return self._path("wandb")
-
-    @property
-    def eval_dir(self):
-        return self._path("eval")
-
-    @property
-    def eval_summary(self):
-        return self._path("eval", EVAL_SUMMARY)
 
 
 def sweep_dir(root_dir, name):
