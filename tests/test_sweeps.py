@@ -181,7 +181,9 @@ def test_local_runner_user_errors(fake_repo, tmp_path, monkeypatch):
                    repo_root=str(fake_repo)).run()
     assert not os.path.exists(tmp_path / "sweeps" / "t" / "calls.log")
     with pytest.raises(SweepError, match="not a parameter"):
-        sweeps.override_values(cfg, ["epochs=1,2"])
+        sweeps.override_values(cfg, ["epochs="])
+    with pytest.raises(SweepError, match="expects KEY="):
+        sweeps.override_values(cfg, ["=1,2"])
     assert sweeps.expand_grid(sweeps.override_values(cfg, ["subsample=4,8"]))[0] == \
         {"lr": 1e-4, "subsample": 4}
 

@@ -14,6 +14,13 @@ test) and normalises the batch with vectorised numpy; there is no per-sample Pyt
 files are opened lazily in each process (fork-safe); ``in_memory: True`` reads the split into
 RAM once instead.
 
+Training subsets: ``subsample: k`` keeps every k-th sample, as published
+(N // k samples). ``n_train: n`` keeps a RANDOM subset of n samples instead: the first n entries
+of one permutation of the file's rows drawn from ``seed`` alone (``training_rows``), so for one
+seed the subsets of different n are nested and every run with that seed and n (fine-tuned or
+from scratch, any number of ranks) sees the same samples. Validation and test splits are never
+subset and never depend on the seed. ``subset_hash`` fingerprints the rows a run trains on.
+
 Ordering: the training sampler is a ``DistributedSampler`` in every case (with one process it
 has one replica), seeded with ``seed`` and re-shuffled by ``set_epoch``: W ranks with batch B/W
 see, step for step, exactly the samples one process sees with batch B, and an epoch's order
@@ -26,6 +33,7 @@ mapped to the 7-channel layout [f, K11, K22, K12, v1, v2, omega] in `PDEDataset.
 (utils/mixed_data.py), and a split given as a LIST of files is one `MultiFileDataset`; the
 normalisation `normalize_inputs` takes any (B, k) coefficient array and a scales vector.
 """
+import hashlib
 import logging
 import os
 from itertools import islice
@@ -97,16 +105,69 @@ def normalize_inputs(source, tensor, scales, measure, ref_measure=None):
 
 
 # --------------------------------------------------------------------------------------------
+# training subsets
+# --------------------------------------------------------------------------------------------
+# a constant mixed into the seed so that the subset stream differs from the torch/numpy streams
+# that the same `seed` drives (model initialisation, epoch order)
+SUBSET_STREAM = 0x5EED5B5E
+
+
+def _int_key(params, key, default, low):
+    """params[key] as an int >= low (None -> default); DataError for anything else."""
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DataError(f"{key} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def subset_permutation(n_total, seed):
+    """The seed's order of the rows 0 .. n_total-1 (int64 (n_total,)): depends on nothing else."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([SUBSET_STREAM, int(seed)])))
+    return rng.permutation(n_total)
+
+
+def training_rows(params, n_total):
+    """Sorted file rows (int64) of the training subset that `params` asks for.
+
+    `n_train: n` -> the first n entries of `subset_permutation(n_total, seed)` (nested in n,
+    the same for every approach); otherwise `subsample: k` -> rows 0, k, 2k, ... (N // k rows,
+    the published protocol; the seed plays no part). Giving both is an error.
+    """
+    subsample = _int_key(params, "subsample", 1, 1)
+    n_train = _int_key(params, "n_train", None, 1)
+    if n_train is None:
+        if n_total // subsample == 0:
+            raise DataError(f"{n_total} training samples; subsample {subsample} keeps none")
+        return np.arange(n_total // subsample, dtype=np.int64) * subsample
+    if subsample != 1:
+        raise DataError(f"give either n_train ({n_train}) or subsample ({subsample}), not both")
+    if n_train > n_total:
+        raise DataError(f"n_train {n_train} is more than the {n_total} training samples")
+    seed = _int_key(params, "seed", 0, 0)
+    return np.sort(subset_permutation(n_total, seed)[:n_train]).astype(np.int64)
+
+
+def subset_hash(rows):
+    """Short fingerprint (12 hex digits) of a subset's sorted row indices."""
+    return hashlib.sha256(np.asarray(rows, dtype="<i8").tobytes()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
 # dataset
 # --------------------------------------------------------------------------------------------
 class PDEDataset(Dataset):
     """One split file; `dataset[list_of_indices]` / `__getitems__` return a whole batch.
 
     Args:
-        params: config (`in_dim`, `scales_path`, `Lx`, `Ly`, `subsample`, `in_memory`, and
-            `train_path` for the reference resolution of val/test files).
+        params: config (`in_dim`, `scales_path`, `Lx`, `Ly`, `subsample`, `n_train`, `seed`,
+            `in_memory`, and `train_path` for the reference resolution of val/test files).
         location: the HDF5 file.
-        train: subsample (every k-th sample, as published: N // k samples) only when True.
+        train: keep the training subset (`training_rows`) only when True; otherwise every row.
+
+    `rows` (sorted int64) are the file rows of dataset indices 0 .. len-1; `subset_hash`
+    fingerprints them.
     """
 
     def __init__(self, params, location, train):
@@ -139,19 +200,23 @@ class PDEDataset(Dataset):
         if not train:
             ref = _reference_shape(params, self.img_shape)
             self.ref_measure = (lx / ref[1]) * (ly / ref[0])
-        self.subsample = int(params.get("subsample", 1) or 1) if train else 1
-        if self.subsample < 1:
-            raise DataError(f"subsample must be >= 1, got {self.subsample}")
-        self.n_samples = self.n_total // self.subsample
-        if self.n_samples == 0:
-            raise DataError(f"{location} has {self.n_total} samples; subsample {self.subsample} keeps none")
+        try:
+            self.rows = (training_rows(params, self.n_total) if train
+                         else np.arange(self.n_total, dtype=np.int64))
+        except DataError as e:
+            raise DataError(f"{location}: {e}") from e
+        self.n_samples = len(self.rows)
+        self.subset_hash = subset_hash(self.rows)
         self._file = None
         self._pid = None
         self._mem = None
         if params.get("in_memory", False):
-            self._mem = self._read_rows(np.arange(self.n_samples) * self.subsample, sf)
-        logging.info("data %s: %d samples (of %d, subsample %d), grid %dx%d, %d input channels%s",
-                     location, self.n_samples, self.n_total, self.subsample, self.img_shape[0],
+            self._mem = self._read_rows(self.rows, sf)
+        how = (f"random subset of seed {params.get('seed', 0)}, {self.subset_hash}"
+               if train and params.get("n_train") is not None
+               else f"subsample {int(params.get('subsample', 1) or 1) if train else 1}")
+        logging.info("data %s: %d samples (of %d, %s), grid %dx%d, %d input channels%s",
+                     location, self.n_samples, self.n_total, how, self.img_shape[0],
                      self.img_shape[1], self.in_channels, ", in memory" if self._mem else "")
 
     def __len__(self):
@@ -201,7 +266,7 @@ class PDEDataset(Dataset):
         if self._mem is not None:
             src, sol, ten = (a[idx] for a in self._mem)
         else:
-            src, sol, ten = self._read_rows(idx * self.subsample)
+            src, sol, ten = self._read_rows(self.rows[idx])
         x = normalize_inputs(src, ten, self.scales, self.measure, self.ref_measure)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(sol))
 
@@ -358,6 +423,9 @@ def get_data_loader(params, location, distributed, train=True):
     world = dist.get_world_size() if distributed else 1
     rank = dist.get_rank() if distributed else 0
     if isinstance(location, (list, tuple)):   # one split made of several files (mixed physics)
+        if train and params.get("n_train") is not None:
+            raise DataError("n_train needs a single training file (a split of several files "
+                            "takes subsample)")
         dataset = MultiFileDataset([PDEDataset(params, p, train) for p in resolve_paths(location)])
     else:
         dataset = PDEDataset(params, location, train)

@@ -24,8 +24,21 @@ One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of runn
   interrupted sweep resumes (train.py itself resumes a half-trained trial from its own
   checkpoint).
 
-Trial names come from the settings only (`lr1em3_s16`), so they are stable across runs and
-machines and are safe as file names.
+Trial names come from the settings only (`lr1em3_s16`, `lr1em3_n64_seed2`), so they are stable
+across runs and machines and are safe as file names.
+
+Seeds: a `seed` parameter (`--values seed=0,1,2` or in the sweep file) repeats every cell; the
+seed sets the model initialisation, the epoch order and, with `n_train`, the random training
+subset (utils/data_utils.training_rows). results.csv records `seed`, `n_train` and the
+`subset_hash` of the rows each trial trained on.
+
+Learning-rate grid extension (`--extend_lr K`, grid sweeps): after the grid has run, the
+runner groups the trials by every setting except `lr` and `seed` (one group per n, say),
+averages the validation metric over seeds for each lr and, where the best lr is the smallest or
+largest of the group's grid, adds the next lr in that direction with the grid's own geometric
+step (lr_edge**2 / lr_neighbour), for every seed, and runs them; it repeats until each choice is
+interior or K steps were added in that direction. Extended trials are named like any other, so
+a resumed sweep finds them done. Choices still at an edge are logged as warnings.
 """
 import argparse
 import csv
@@ -40,7 +53,10 @@ import shlex
 import subprocess
 import sys
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+
+import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.py`
@@ -54,12 +70,16 @@ from utils.YParams import load_yaml, read_yaml  # noqa: E402
 logger = logging.getLogger(__name__)
 SWEEP_METHODS = ("grid", "random", "bayes")
 # short names for the published sweep parameters (`lr1em3_s16`); others keep their key
-NAME_ABBREV = {"lr": "lr", "subsample": "s"}
-NAME_FIRST = ("lr", "subsample")
-EVAL_SKIP_KEYS = ("subsample",)
-# columns of results.csv after the trial's settings (and before any --tag columns)
-RESULT_FIELDS = ("n_train", "best_val_rel_l2", "best_val_loss", "best_epoch", "epochs",
-                 "test_rel_l2_mean", "test_rel_l2_median", "n_test", "n_params")
+NAME_ABBREV = {"lr": "lr", "subsample": "s", "n_train": "n", "seed": "seed"}
+NAME_FIRST = ("lr", "subsample", "n_train", "seed")
+EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses the whole test set
+# columns of results.csv after the trial's settings (and before any --tag columns); a column
+# that is also a setting (n_train, seed) appears once, with the value the run reported
+RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
+                 "best_epoch", "epochs", "iters", "test_rel_l2_mean", "test_rel_l2_median",
+                 "n_test", "n_params")
+LR_KEY = "lr"
+REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
 
 
 # ----------------------------------------------------------------------------- sweep files
@@ -107,15 +127,30 @@ def load_sweep(path):
 
 
 def override_values(cfg, overrides):
-    """Replace parameter value lists: overrides like ["subsample=8,16,32"] (numbers parsed)."""
+    """Replace parameter value lists: overrides like ["subsample=8,16,32"] (numbers parsed).
+
+    A key the sweep file does not have becomes a new parameter (e.g. `seed=0,1,2` repeats
+    every trial over three seeds); `KEY=` (no values) removes a parameter.
+    """
     for item in overrides or []:
         key, sep, vals = item.partition("=")
-        if not sep or not key or not vals:
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
             raise SweepError(f"--values expects KEY=V1,V2,... (got {item!r})")
+        if not vals:
+            if key not in cfg["parameters"]:
+                raise SweepError(f"--values {key}=: {key!r} is not a parameter of the sweep "
+                                 f"(have {sorted(cfg['parameters'])})")
+            del cfg["parameters"][key]
+            if not cfg["parameters"]:
+                raise SweepError(f"--values {key}= leaves the sweep without parameters")
+            continue
         if key not in cfg["parameters"]:
-            raise SweepError(f"--values: {key!r} is not a parameter of the sweep "
-                             f"(have {sorted(cfg['parameters'])})")
-        cfg["parameters"][key] = {"values": [load_yaml(v) for v in vals.split(",")]}
+            logger.info("--values %s: not in the sweep file, added as a parameter", key)
+        try:
+            values = [load_yaml(v) for v in vals.split(",")]
+        except yaml.YAMLError as e:
+            raise SweepError(f"--values {key}: cannot parse {vals!r}") from e
+        cfg["parameters"][key] = {"values": values}
     return cfg
 
 
@@ -283,11 +318,16 @@ class LocalSweep:
         jobs: trials run at once (each gets cpu_count // jobs torch threads unless
             OMP_NUM_THREADS is set).
         count: number of trials for random / bayes sweeps.
+        extend_lr: grid sweeps: extend each group's lr grid by up to this many steps in each
+            direction while its seed-averaged choice is at the grid's edge (module docstring).
+        trial_fn: runs one trial, `trial_fn(name, settings) -> bool` (success), leaving
+            `summary_paths(name)` behind; default `run_trial` (train.py then eval.py).
+            Tests pass a stand-in objective.
     """
 
     def __init__(self, cfg, yaml_config, config, root_dir, sweep_name=None, sets=(),
                  tags=(), launcher="", jobs=1, count=None, python=sys.executable,
-                 repo_root=REPO_ROOT):
+                 repo_root=REPO_ROOT, extend_lr=0, trial_fn=None):
         self.cfg = cfg
         self.yaml_config = os.path.abspath(yaml_config)
         self.config = config
@@ -313,6 +353,19 @@ class LocalSweep:
         self.python = python
         self.repo_root = repo_root    # where train.py / eval.py live (tests use stand-ins)
         self.metric = (cfg.get("metric") or {}).get("name", "best_val_rel_l2")
+        self.goal = (cfg.get("metric") or {}).get("goal", "minimize")
+        if self.goal not in ("minimize", "maximize"):
+            raise SweepError(f"metric goal must be minimize or maximize, got {self.goal!r}")
+        self.trial_fn = trial_fn or self.run_trial
+        if isinstance(extend_lr, bool) or not isinstance(extend_lr, int) or extend_lr < 0:
+            raise SweepError(f"--extend_lr must be an integer >= 0, got {extend_lr!r}")
+        self.extend_lr = extend_lr
+        if extend_lr:
+            lr_values = (cfg["parameters"].get(LR_KEY) or {}).get("values") or []
+            if cfg["method"] != "grid" or len(lr_values) < 2 or not all(
+                    isinstance(v, (int, float)) and v > 0 for v in lr_values):
+                raise SweepError("--extend_lr needs a grid sweep with at least two positive "
+                                 f"`{LR_KEY}` values")
         swept = set(cfg["parameters"])
         clash = swept & {k for k, _ in (s.partition("=")[::2] for s in self.sets)}
         if clash:
@@ -326,7 +379,7 @@ class LocalSweep:
         if self.config not in doc:
             raise SweepError(f"config {self.config!r} not in {self.yaml_config} "
                              f"(have {sorted(doc)})")
-        for script in ("train.py", "eval.py"):
+        for script in ("train.py", "eval.py") if self.trial_fn == self.run_trial else ():
             if not os.path.isfile(os.path.join(self.repo_root, script)):
                 raise SweepError(f"{script} not found in {self.repo_root}")
 
@@ -430,7 +483,7 @@ class LocalSweep:
         ev = _read_json(eval_summary) or {}
         row = {"trial": name, **settings}
         for key in RESULT_FIELDS:
-            row[key] = ev.get(key, tr.get(key, ""))
+            row[key] = ev.get(key, tr.get(key, settings.get(key, "")))
         row.update(self.tags)
         row["config"] = self.config
         row["status"] = "done" if ev else ("failed" if failed else "pending")
@@ -442,8 +495,8 @@ class LocalSweep:
         keys = []
         for s in trials:
             keys += [k for k in s if k not in keys]
-        fields = ["trial"] + keys + list(RESULT_FIELDS) + list(self.tags) \
-            + ["config", "status", "run_dir"]
+        fields = ["trial"] + keys + [k for k in RESULT_FIELDS if k not in keys] \
+            + [k for k in self.tags if k not in keys] + ["config", "status", "run_dir"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
@@ -458,7 +511,7 @@ class LocalSweep:
     def _run_batch(self, todo, all_trials, failed):
         def one(settings):
             name = trial_name(settings)
-            ok = self.run_trial(name, settings)
+            ok = self.trial_fn(name, settings)
             with self._lock:
                 if not ok:
                     failed.add(name)
@@ -485,6 +538,8 @@ class LocalSweep:
                         self.jobs)
             self.write_results(trials)
             self._run_batch(todo, trials, failed)
+            if self.extend_lr:
+                trials = self._extend_lr_grid(trials, failed)
         else:
             # propose in batches of `jobs` so that bayes sees the finished trials; the
             # proposals are saved first, so a resumed sweep finishes the same trials
@@ -508,6 +563,83 @@ class LocalSweep:
         path = self.write_results(trials, failed)
         logger.info("sweep %s: results in %s (%d failed)", self.sweep_name, path, len(failed))
         return path, sorted(failed)
+
+
+    # -- learning-rate grid extension
+    def _metric(self, settings):
+        """The trial's metric (float) when it is done, else None."""
+        row = self.trial_row(trial_name(settings), settings)
+        try:
+            return float(row[self.metric]) if row["status"] == "done" else None
+        except (TypeError, ValueError):
+            return None
+
+    def lr_choices(self, trials):
+        """Per group of trials (all settings but lr and seed): the lr chosen on the metric
+        averaged over seeds. Returns {group: dict(lr, lrs, n_below, n_above, edge)}, where
+        `lrs` are the group's learning rates (sorted), n_below / n_above how many lie outside
+        the sweep file's grid, `edge` 'low' / 'high' / '' where the choice lies; groups without
+        a finished trial are left out."""
+        base = sorted(float(v) for v in self.cfg["parameters"][LR_KEY]["values"])
+        groups = defaultdict(lambda: defaultdict(list))
+        for s in trials:
+            key = tuple(sorted((k, json.dumps(_plain(v))) for k, v in s.items()
+                               if k != LR_KEY and k not in REPEAT_KEYS))
+            value = self._metric(s)
+            groups[key][float(s[LR_KEY])] += [] if value is None else [value]
+        sign = 1.0 if self.goal == "minimize" else -1.0
+        out = {}
+        for key, by_lr in groups.items():
+            means = {lr: sum(v) / len(v) for lr, v in by_lr.items() if v}
+            if not means:
+                continue
+            lrs = sorted(by_lr)
+            best = min(means, key=lambda lr: (sign * means[lr], lr))
+            done = sorted(means)
+            edge = "low" if best == done[0] else "high" if best == done[-1] else ""
+            out[key] = dict(lr=best, lrs=lrs, mean=means[best], edge=edge,
+                            n_below=sum(lr < base[0] for lr in lrs),
+                            n_above=sum(lr > base[-1] for lr in lrs))
+        return out
+
+    def _extend_lr_grid(self, trials, failed):
+        """Add and run lr steps beyond the edge choices until interior or `extend_lr` steps."""
+        names = {trial_name(s) for s in trials}
+        while True:
+            new = []
+            for key, c in self.lr_choices(trials).items():
+                lrs = c["lrs"]
+                if c["edge"] == "low" and c["lr"] == lrs[0] and c["n_below"] < self.extend_lr:
+                    edge_lr, step_lr = lrs[0], lrs[0] ** 2 / lrs[1]
+                elif c["edge"] == "high" and c["lr"] == lrs[-1] \
+                        and c["n_above"] < self.extend_lr:
+                    edge_lr, step_lr = lrs[-1], lrs[-1] ** 2 / lrs[-2]
+                else:
+                    continue
+                step_lr = float(f"{step_lr:.6g}")   # 3e-3**2/1e-3 -> 0.009, not 0.0090000001
+                group = dict(key)
+                for s in trials:
+                    if float(s[LR_KEY]) == edge_lr and all(
+                            json.dumps(_plain(s[k])) == v for k, v in group.items()):
+                        t = dict(s, **{LR_KEY: step_lr})
+                        if trial_name(t) not in names:
+                            names.add(trial_name(t))
+                            new.append(t)
+            if not new:
+                break
+            logger.info("sweep %s: learning-rate choice at the grid's edge; %d more trials: %s",
+                        self.sweep_name, len(new), " ".join(trial_name(t) for t in new))
+            trials = trials + new
+            todo = [s for s in new if not self.is_done(trial_name(s))]
+            self.write_results(trials, failed)
+            self._run_batch(todo, trials, failed)
+        for key, c in self.lr_choices(trials).items():
+            if c["edge"]:
+                logger.warning("sweep %s: %s: lr %g is still the %s edge of the grid %s",
+                               self.sweep_name, ", ".join(f"{k}={json.loads(v)}" for k, v in key)
+                               or "all trials", c["lr"], "lower" if c["edge"] == "low"
+                               else "upper", [float(f"{lr:.6g}") for lr in c["lrs"]])
+        return trials
 
 
 def _parse_pairs(items, flag):
@@ -536,13 +668,18 @@ def main(argv=None):
                    help="KEY=V1,V2,.. replaces a sweep parameter's values (repeatable)")
     p.add_argument("--tag", action="append", default=[],
                    help="KEY=VALUE constant column in results.csv, e.g. approach=finetune")
+    p.add_argument("--extend_lr", type=int, default=0, metavar="K",
+                   help="grid sweeps: while the lr chosen on the validation metric averaged "
+                        "over seeds is the smallest/largest of an n's grid, add up to K more "
+                        "lr values in that direction (grid spacing) and run them (default 0)")
     p.add_argument("--launcher", default="",
                    help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4"')
     args = p.parse_args(argv)
     cfg = override_values(load_sweep(args.sweep), args.values)
     sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
                        sweep_name=args.name, sets=args.sets, tags=args.tag,
-                       launcher=args.launcher, jobs=args.jobs, count=args.count)
+                       launcher=args.launcher, jobs=args.jobs, count=args.count,
+                       extend_lr=args.extend_lr)
     path, failed = sweep.run()
     print(path)
     if failed:

@@ -13,6 +13,11 @@ Loss scaling under DDP: the loss of a batch is the mean over its samples of a pe
 drop_last), and DDP averages gradients over ranks, so W ranks with B/W samples each produce
 exactly the gradient of one process with batch B. `batch_size` is the global batch.
 
+Step budget: `max_epochs` is the published fixed-epoch protocol. `min_steps: S` (default 0: off)
+gives every run at least S optimizer steps: the run trains `epochs_for_steps(max_epochs, S,
+steps_per_epoch)` epochs (more for a small training set) and the cosine schedule spans those
+epochs (unless `max_cosine_lr_epochs` is set).
+
 Epochs are counted from 1: checkpoint `epoch` = number of completed epochs (= the 1-based
 index of the last completed one); a checkpoint written on a signal mid-epoch also records
 `step_in_epoch` (> 0) and the partial epoch sums, and resume continues with the next batch of
@@ -109,15 +114,25 @@ def build_optimizer(params, model):
     raise ConfigError(f"unknown optimizer '{name}' (expected adam, adamw or sgd)")
 
 
-def build_scheduler(params, optimizer):
-    """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default max_epochs) or 'none'."""
+def build_scheduler(params, optimizer, epochs=None):
+    """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default: `epochs`, the epochs
+    the run trains, else max_epochs) or 'none'."""
     name = params.get("scheduler", "none")
     if name in (None, "none"):
         return None
     if name == "cosine":
-        t_max = params.get("max_cosine_lr_epochs") or params.get("max_epochs")
+        t_max = params.get("max_cosine_lr_epochs") or epochs or params.get("max_epochs")
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(t_max))
     raise ConfigError(f"unknown scheduler '{name}' (expected cosine or none)")
+
+
+def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
+    """Epochs to train: max_epochs, or more when that gives fewer than min_steps optimizer steps.
+
+    max(max_epochs, ceil(min_steps / steps_per_epoch)); e.g. 8 samples in batches of 8 (one step
+    an epoch) with max_epochs 30 and min_steps 250 -> 250 epochs.
+    """
+    return max(int(max_epochs), -(-int(min_steps) // max(1, int(steps_per_epoch))))
 
 
 def _check_params(params):
@@ -126,6 +141,10 @@ def _check_params(params):
             raise ConfigError(f"config '{params.config_name}' has no '{key}'")
     if int(params.max_epochs) < 1:
         raise ConfigError(f"max_epochs must be >= 1, got {params.max_epochs}")
+    min_steps = params.get("min_steps", 0)
+    if min_steps is not None and (isinstance(min_steps, bool) or not isinstance(min_steps, int)
+                                  or min_steps < 0):
+        raise ConfigError(f"min_steps must be an integer >= 0 (0 or null: off), got {min_steps!r}")
     if params.get("loss_style", "sum") not in ("sum", "mean"):
         raise ConfigError(f"loss_style must be 'sum' or 'mean', got '{params.loss_style}'")
 
@@ -162,13 +181,21 @@ class Trainer:
             params, params.val_path, self.distributed, train=False)
         self.local_batch = self.train_loader.batch_size
         self.global_batch = self.local_batch * self.world
+        # optimizer steps per epoch (the same on every rank: DistributedSampler, drop_last)
+        self.steps_per_epoch = len(self.train_loader)
+        self.max_epochs = epochs_for_steps(self.max_epochs, params.get("min_steps") or 0,
+                                           self.steps_per_epoch)
+        if self.max_epochs > int(params.max_epochs):
+            logging.info("min_steps %d: %d epochs of %d steps instead of max_epochs %d",
+                         params.min_steps, self.max_epochs, self.steps_per_epoch,
+                         int(params.max_epochs))
 
         self.raw_model = fno(params).to(self.device)  # the module whose state is saved
         # frozen before the optimizer and DDP see the model; re-applied on resume
         self.frozen = freeze_parameters(self.raw_model, params.get("freeze"))
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         self.optimizer = build_optimizer(params, self.raw_model)
-        self.scheduler = build_scheduler(params, self.optimizer)
+        self.scheduler = build_scheduler(params, self.optimizer, self.max_epochs)
 
         self.epoch = 0           # completed epochs
         self.iters = 0
@@ -254,9 +281,16 @@ class Trainer:
         hp = self.params.to_dict()
         hp.update(world_size=self.world, global_batch_size=self.global_batch,
                   local_batch_size=self.local_batch, n_train=len(self.train_set),
+                  subset_hash=self._subset_hash(), epochs_run=self.max_epochs,
+                  steps_per_epoch=self.steps_per_epoch,
                   n_params=self.n_params, config_name=self.params.config_name)
         write_text_atomic(self.layout.hyperparams,
                           yaml.safe_dump(hp, sort_keys=False))
+
+    def _subset_hash(self):
+        """Fingerprint of the training rows (utils.data_utils.subset_hash); '' for a split of
+        several files."""
+        return getattr(self.train_set, "subset_hash", "")
 
     def _truncate_metrics(self):
         """Drop metric lines of epochs after the checkpoint (they will be run again)."""
@@ -428,7 +462,9 @@ class Trainer:
                            best_epoch=self.best_epoch, epochs=self.epoch, n_train=len(self.train_set),
                            n_params=self.n_params, config=self.params.config_name,
                            global_batch_size=self.global_batch, world_size=self.world,
-                           iters=self.iters, run_dir=self.run_dir)
+                           iters=self.iters, steps_per_epoch=self.steps_per_epoch,
+                           seed=int(self.params.get("seed", 0) or 0),
+                           subset_hash=self._subset_hash(), run_dir=self.run_dir)
             if self.is_root:
                 write_json_atomic(self.layout.train_summary, summary)
             return summary
