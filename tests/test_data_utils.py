@@ -7,7 +7,8 @@ import torch
 
 from tests.helpers import poisson_samples, write_poisson_set, write_split
 from utils.data_utils import (DataError, PDEDataset, ShardSampler, TrainSampler,
-                              effective_batch_size, get_data_loader, load_scales)
+                              effective_batch_size, get_data_loader, load_scales, subset_hash,
+                              training_rows)
 
 
 class P(dict):
@@ -92,6 +93,65 @@ def test_subsample_in_memory_and_lazy_agree(data):
         np.testing.assert_array_equal(yl[:, 0].numpy(), f["fields"][[0, 3, 21, 36], 1][[3, 0, 2, 1]])
     val = PDEDataset(params_for(data, subsample=3), data["val_path"], train=False)
     assert len(val) == 13  # validation/test never subsampled
+
+
+def test_random_subsets_nested_and_shared_by_approaches(data, tmp_path):
+    """n_train: for one seed the subsets grow by appending (nested), every approach of a seed
+    and n trains on the same rows, other seeds differ, val/test never depend on the seed."""
+    sizes = (4, 8, 16, 32, 40)
+    for seed in (0, 1):
+        rows = [training_rows(P(n_train=n, seed=seed), 40) for n in sizes]
+        for small, big in zip(rows, rows[1:]):
+            assert set(small) < set(big)
+        assert np.array_equal(rows[-1], np.arange(40))
+        assert all(np.array_equal(r, np.sort(r)) and len(r) == n for r, n in zip(rows, sizes))
+    assert set(training_rows(P(n_train=8, seed=0), 40)) != set(training_rows(P(n_train=8, seed=1), 40))
+    # the subset is no strided prefix: it spans the file
+    assert training_rows(P(n_train=8, seed=0), 40).max() > 8
+
+    # fine-tuned (pre-training scales) and from scratch (own scales): same rows, same samples
+    other_scales = str(tmp_path / "other_scales.npy")
+    np.save(other_scales, 2 * np.load(data["scales_path"]))
+    ft = PDEDataset(params_for(data, n_train=8, seed=3, lr=1e-3, pretrained="w.tar"),
+                    data["train_path"], train=True)
+    sc = PDEDataset(params_for(data, n_train=8, seed=3, lr=3e-3, scales_path=other_scales),
+                    data["train_path"], train=True)
+    assert np.array_equal(ft.rows, sc.rows) and ft.subset_hash == sc.subset_hash
+    assert ft.subset_hash == subset_hash(training_rows(P(n_train=8, seed=3), 40))
+    assert len(ft) == 8
+    with h5py.File(data["train_path"]) as f:
+        expect = f["fields"][np.sort(ft.rows), 1]
+    _, y_ft = ft[list(range(8))]
+    _, y_sc = sc[list(range(8))]
+    assert torch.equal(y_ft, y_sc)
+    np.testing.assert_array_equal(y_ft[:, 0].numpy(), expect)
+    # in memory and lazy read the same random rows; any batch order
+    mem = PDEDataset(params_for(data, n_train=8, seed=3, in_memory=True), data["train_path"], True)
+    idx = [5, 0, 7, 2]
+    assert all(torch.equal(a, b) for a, b in zip(ft[idx], mem[idx]))
+    # validation and test: every sample, whatever the seed and n_train
+    for seed in (0, 3):
+        val = PDEDataset(params_for(data, n_train=4, seed=seed), data["val_path"], train=False)
+        assert len(val) == 13 and np.array_equal(val.rows, np.arange(13))
+
+
+def test_published_subsample_path_unchanged(data):
+    """subsample: k keeps rows 0, k, 2k, ... (N // k of them) whatever the seed."""
+    for seed in (0, 5):
+        ds = PDEDataset(params_for(data, subsample=4, seed=seed), data["train_path"], train=True)
+        assert np.array_equal(ds.rows, np.arange(10) * 4)
+        with h5py.File(data["train_path"]) as f:
+            expect = f["fields"][::4, 1][:10]
+        np.testing.assert_array_equal(ds[list(range(10))][1][:, 0].numpy(), expect)
+    assert np.array_equal(training_rows(P(), 40), np.arange(40))
+    with pytest.raises(DataError, match="either n_train .* or subsample"):
+        training_rows(P(n_train=8, subsample=2), 40)
+    with pytest.raises(DataError, match="more than the 40"):
+        PDEDataset(params_for(data, n_train=41), data["train_path"], train=True)
+    for bad in ({"n_train": 0}, {"n_train": 2.5}, {"n_train": "8"}, {"n_train": 4, "seed": -1},
+                {"subsample": 0}):
+        with pytest.raises(DataError, match="must be an integer"):
+            training_rows(P(**bad), 40)
 
 
 def test_train_order_one_process_equals_ranks():

@@ -27,6 +27,7 @@ def test_trial_names_stable_and_safe():
              for lr in (1e-5, 5e-5, 1e-4, 5e-4, 1e-3) for s in (1, 2, 4)}
     assert len(names) == 15
     assert all(n.replace("_", "").isalnum() for n in names)
+    assert sweeps.trial_name({"seed": 2, "n_train": 64, "lr": 1e-3}) == "lr1em3_n64_seed2"
 
 
 @pytest.mark.parametrize("v", [1e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e20, 0.5, 3, True, None,
@@ -186,6 +187,88 @@ def test_local_runner_user_errors(fake_repo, tmp_path, monkeypatch):
         sweeps.override_values(cfg, ["=1,2"])
     assert sweeps.expand_grid(sweeps.override_values(cfg, ["subsample=4,8"]))[0] == \
         {"lr": 1e-4, "subsample": 4}
+
+
+# ----------------------------------------------------------------------------- lr-grid extension
+# stand-in objective: validation error = (log10(lr / lr_opt))^2, where the optimum depends on
+# n_train and, for n_train 16, on the seed (seed 0 alone would choose 1e-3, seed 1 alone 1e-2,
+# the average over both chooses the interior 3e-3)
+LR_OPT = {8: 5e-2, 16: 3e-3, 64: 1e-4}
+
+
+def stand_in_val(settings):
+    shift = {0: -0.45, 1: 0.45}[settings["seed"]] if settings["n_train"] == 16 else 0.0
+    return float(np.log10(settings["lr"] / LR_OPT[settings["n_train"]]) - shift) ** 2
+
+
+def objective_sweep(tmp_path, extend_lr, calls):
+    (tmp_path / "ops.yaml").write_text("base: {lr: 1.0}\n")
+    cfg = sweeps.override_values(
+        sweeps.load_sweep(os.path.join(REPO, "configs", "sweep_config.yaml")),
+        ["subsample=", "lr=1.0e-3,3.0e-3,1.0e-2", "n_train=8,16,64", "seed=0,1"])
+    sweep = LocalSweep(cfg, str(tmp_path / "ops.yaml"), "base", str(tmp_path / "res"),
+                       sweep_name="obj", tags=["approach=scratch"], jobs=2,
+                       extend_lr=extend_lr, trial_fn=lambda name, s: stand_in(sweep, name, s))
+
+    def stand_in(sw, name, settings):   # writes what train.py + eval.py would
+        calls.append(name)
+        train_summary, ckpt, eval_summary = sw.summary_paths(name)
+        os.makedirs(os.path.dirname(eval_summary), exist_ok=True)
+        with open(train_summary, "w") as f:
+            json.dump({"best_val_rel_l2": stand_in_val(settings), "n_train": settings["n_train"],
+                       "seed": settings["seed"], "subset_hash": f"h{settings['n_train']}"}, f)
+        with open(eval_summary, "w") as f:
+            json.dump({"test_rel_l2_mean": 1.0}, f)
+        return True
+    return sweep
+
+
+def test_lr_grid_extension_reaches_a_known_optimum(tmp_path, caplog):
+    calls = []
+    path, failed = objective_sweep(tmp_path, 3, calls).run()
+    assert failed == []
+    choices = objective_sweep(tmp_path, 3, []).lr_choices(
+        [{"lr": float(r["lr"]), "n_train": int(r["n_train"]), "seed": int(r["seed"])}
+         for r in _results(path).values()])
+    got = {dict(k)["n_train"]: c for k, c in choices.items()}
+    # n 8: optimum 5e-2 above the grid -> 1e-2**2/3e-3 = 0.0333333, then 0.111111 (interior)
+    assert got["8"]["lrs"] == [1e-3, 3e-3, 1e-2, 0.0333333, 0.111111]
+    assert got["8"]["lr"] == 0.0333333 and got["8"]["edge"] == ""
+    # n 64: optimum 1e-4 below -> 3.33333e-4, 1.11111e-4, 3.7037e-5 (then 1.11111e-4 interior)
+    assert got["64"]["lrs"] == [3.7037e-5, 1.11111e-4, 3.33333e-4, 1e-3, 3e-3, 1e-2]
+    assert got["64"]["lr"] == 1.11111e-4 and got["64"]["edge"] == ""
+    # n 16: each seed alone is at an edge, their average is interior: nothing added
+    assert got["16"]["lrs"] == [1e-3, 3e-3, 1e-2] and got["16"]["lr"] == 3e-3
+    # every new lr ran for both seeds, every trial exactly once
+    assert len(calls) == len(set(calls)) == 2 * (3 + 5 + 6)
+    rows = _results(path)
+    assert rows["lr3p33333em2_n8_seed1"]["status"] == "done"
+    header = open(path).readline().strip().split(",")
+    assert header.count("n_train") == 1 and header.count("seed") == 1
+    assert {"subset_hash", "approach", "lr"} <= set(header)
+    # resume: the same command runs nothing
+    again = []
+    objective_sweep(tmp_path, 3, again).run()
+    assert again == []
+
+
+def test_lr_grid_extension_limit_leaves_an_edge_flagged(tmp_path, caplog):
+    calls = []
+    with caplog.at_level("WARNING"):
+        path, _ = objective_sweep(tmp_path, 1, calls).run()
+    lrs = {(r["n_train"], float(r["lr"])) for r in _results(path).values()}
+    assert ("8", 0.0333333) in lrs and ("8", 0.111111) not in lrs
+    assert ("64", 3.33333e-4) in lrs and ("64", 1.11111e-4) not in lrs
+    assert len(calls) == 2 * (3 + 4 + 4)
+    edge = [r.getMessage() for r in caplog.records if "still the" in r.getMessage()]
+    assert len(edge) == 2 and any("n_train=8" in m and "upper" in m for m in edge)
+    # without --extend_lr the grid is run as given
+    plain = []
+    (tmp_path / "plain").mkdir()
+    objective_sweep(tmp_path / "plain", 0, plain).run()
+    assert len(plain) == 2 * 3 * 3
+    with pytest.raises(SweepError, match="--extend_lr must be"):
+        objective_sweep(tmp_path, -1, [])
 
 
 # ----------------------------------------------------------------------------- W&B trial, 2 ranks

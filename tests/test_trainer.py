@@ -63,6 +63,33 @@ def test_training_learns(cfg, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "hyperparams.yaml")
 
 
+def test_min_steps_gives_small_sets_enough_steps(cfg, tmp_path):
+    """min_steps: 8 samples in batches of 4 (2 steps an epoch), max_epochs 2, min_steps 10 ->
+    5 epochs, 10 optimizer steps, a cosine over the 5 epochs; the summary has seed + subset."""
+    import math
+
+    from utils.YParams import ConfigError
+    from utils.data_utils import subset_hash, training_rows
+
+    t = make(cfg, tmp_path / "run", max_epochs=2, min_steps=10, batch_size=4, n_train=8, seed=1)
+    assert t.steps_per_epoch == 2 and t.max_epochs == 5 and t.scheduler.T_max == 5
+    summary = t.fit()
+    assert summary["epochs"] == 5 and summary["iters"] == 10 and summary["n_train"] == 8
+    assert summary["seed"] == 1
+    assert summary["subset_hash"] == subset_hash(training_rows({"n_train": 8, "seed": 1}, 48))
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        lrs = [json.loads(line)["lr"] for line in f]
+    assert lrs == pytest.approx([0.5 * 3e-3 * (1 + math.cos(math.pi * e / 5)) for e in range(5)])
+    # off by default (the published fixed-epoch protocol); never fewer than max_epochs
+    t0 = make(cfg, tmp_path / "run0", max_epochs=2, batch_size=4, n_train=8)
+    assert t0.max_epochs == 2 and t0.scheduler.T_max == 2
+    assert trainer_mod.epochs_for_steps(30, 250, 32) == 30
+    assert trainer_mod.epochs_for_steps(30, 250, 1) == 250
+    assert trainer_mod.epochs_for_steps(30, 250, 8) == 32
+    with pytest.raises(ConfigError, match="min_steps must be"):
+        make(cfg, tmp_path / "bad", min_steps=-1)
+
+
 def test_resume_is_exact(cfg, tmp_path):
     full = make(cfg, tmp_path / "full", max_epochs=3)
     full.fit()
