@@ -271,6 +271,35 @@ def test_lr_grid_extension_limit_leaves_an_edge_flagged(tmp_path, caplog):
         objective_sweep(tmp_path, -1, [])
 
 
+def test_two_runners_of_one_sweep_never_run_a_trial_twice(tmp_path):
+    """Two runners of the same sweep at once (e.g. a sweep restarted while still running):
+    each trial runs once, and both end with every trial done, extensions included."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow(sweep):
+        inner = sweep.trial_fn
+
+        def fn(name, settings):
+            time.sleep(0.02)
+            return inner(name, settings)
+        sweep.trial_fn = fn
+        return sweep
+
+    results = []
+    runners = [threading.Thread(target=lambda: results.append(
+        slow(objective_sweep(tmp_path, 1, calls)).run())) for _ in range(2)]
+    for t in runners:
+        t.start()
+    for t in runners:
+        t.join()
+    assert len(calls) == len(set(calls)) == 2 * (3 + 4 + 4)
+    for path, failed in results:
+        assert failed == [] and {r["status"] for r in _results(path).values()} == {"done"}
+
+
 # ----------------------------------------------------------------------------- W&B trial, 2 ranks
 DDP_SCRIPT = r'''
 import json, os, sys

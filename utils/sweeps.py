@@ -41,7 +41,9 @@ interior or K steps were added in that direction. Extended trials are named like
 a resumed sweep finds them done. Choices still at an edge are logged as warnings.
 """
 import argparse
+import contextlib
 import csv
+import fcntl
 import io
 import itertools
 import json
@@ -508,20 +510,53 @@ class LocalSweep:
             write_text_atomic(path, buf.getvalue())
         return path
 
+    @contextlib.contextmanager
+    def _trial_lock(self, name, wait):
+        """Hold `logs/{name}.lock` (flock) while running a trial, so that two runners of one
+        sweep (or two threads) never run the same trial at once. Yields False when another
+        holder has it and `wait` is False."""
+        with open(os.path.join(self.sweep_dir, "logs", f"{name}.lock"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def _run_batch(self, todo, all_trials, failed):
-        def one(settings):
+        """Run `todo`; a trial another runner is running is waited for at the end, and run
+        here only if that runner did not finish it."""
+        busy = []
+
+        def one(settings, wait=False):
             name = trial_name(settings)
-            ok = self.trial_fn(name, settings)
+            with self._trial_lock(name, wait) as mine:
+                if not mine:
+                    with self._lock:
+                        busy.append(settings)
+                    return
+                ok = self.is_done(name) or self.trial_fn(name, settings)
             with self._lock:
                 if not ok:
                     failed.add(name)
             self.write_results(all_trials, failed)
-        if self.jobs == 1:
-            for s in todo:
-                one(s)
-        else:
-            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                list(pool.map(one, todo))
+
+        def run_all(items, wait):
+            if self.jobs == 1:
+                for s in items:
+                    one(s, wait)
+            else:
+                with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                    list(pool.map(lambda s: one(s, wait), items))
+
+        run_all(todo, False)
+        if busy:
+            logger.info("sweep %s: waiting for %d trial(s) that another runner is running: %s",
+                        self.sweep_name, len(busy), " ".join(trial_name(s) for s in busy))
+            run_all(list(busy), True)
 
     def run(self):
         """Run every trial not yet done; return (results.csv path, names of failed trials)."""
