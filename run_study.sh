@@ -9,8 +9,18 @@
 #   PRESET=paper LAUNCHER="torchrun --standalone --nproc_per_node=4" bash run_study.sh
 #                                         # paper scale on a GPU node (days; or use W&B, README)
 #
-# Environment (defaults per preset): ROOT (results root), JOBS (trials at once), LRS and
-# SUBSAMPLES (comma lists replacing the sweep file's values), TARGETS (space-separated target
+# The CPU preset repeats every (approach, n, lr) cell over SEEDS; a seed sets the model
+# initialisation and the random training subset of n_train examples (nested in n, the same for
+# both approaches); the lr grid of an n grows by up to EXTEND_LR steps where the seed-averaged
+# validation choice is at its edge; every run gets at least MIN_STEPS optimizer steps
+# (STUDY_SET). The paper preset keeps the published protocol (one seed, `subsample`, fixed
+# epochs); SEEDS, N_TRAIN, EXTEND_LR and STUDY_SET apply to it too when given.
+#
+# Environment (defaults per preset): ROOT (results root), JOBS (trials at once), SWEEP_FILE,
+# LRS, SUBSAMPLES, N_TRAIN and SEEDS (comma lists replacing/adding the sweep file's values;
+# N_TRAIN replaces SUBSAMPLES), EXTEND_LR (lr-grid extension steps per direction), STUDY_SET
+# (space-separated key=value overrides of the downstream runs, e.g. "min_steps=150
+# max_epochs=10"), TARGETS (space-separated target
 # errors), OUT (figure directory), PREFIX (output names), LAUNCHER (prefix of train.py),
 # PYTHON, YAML / PT / FT / SC (config file and the pre-training, fine-tuning and
 # from-scratch config names: other shifts or PDEs, e.g. FT=poisson-ft-k10_20
@@ -31,8 +41,12 @@ case "$PRESET" in
     ROOT=${ROOT:-results/study}
     PT=${PT:-poisson-cpu-pt-k1_5}; FT=${FT:-poisson-cpu-ft-k5_10}; SC=${SC:-poisson-cpu-scratch-k5_10}
     JOBS=${JOBS:-2}
+    SWEEP_FILE=${SWEEP_FILE:-configs/sweep_seeds.yaml}
     LRS=${LRS:-"3e-4,1e-3,3e-3"}
-    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128"}  # 1024 .. 8 downstream examples
+    SEEDS=${SEEDS-"0,1,2"}
+    N_TRAIN=${N_TRAIN-"8,32,128,512"}                 # random nested subsets of 1024 examples
+    EXTEND_LR=${EXTEND_LR:-1}
+    STUDY_SET=${STUDY_SET-"min_steps=150 max_epochs=10"}
     TARGETS=${TARGETS:-"0.1 0.07 0.05"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
     # pre-training and downstream sets use different seeds (independent sources)
@@ -44,8 +58,9 @@ case "$PRESET" in
     ROOT=${ROOT:-results}
     PT=${PT:-poisson-scale-k1_5}; FT=${FT:-poisson-ft-k5_10}; SC=${SC:-poisson-scratch-k5_10}
     JOBS=${JOBS:-1}
+    SWEEP_FILE=${SWEEP_FILE:-configs/sweep_config.yaml}
     LRS=${LRS:-"1e-5,5e-5,1e-4,5e-4,1e-3"}
-    SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128,256,512,1024,2048,4096"}
+    [ -n "${N_TRAIN:-}" ] || SUBSAMPLES=${SUBSAMPLES:-"1,2,4,8,16,32,64,128,256,512,1024,2048,4096"}
     TARGETS=${TARGETS:-"0.01"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_paper}
     PRESET=paper PDES=poisson POISSON_RANGES="${POISSON_RANGES:-1,5 5,10}" PYTHON=$PYTHON \
@@ -56,9 +71,19 @@ read -r -a LAUNCH <<< "${LAUNCHER:-$PYTHON}"
 SETS=()
 for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
 
-SWEEP=(--sweep configs/sweep_config.yaml --yaml_config $YAML --root_dir "$ROOT"
-       --values "lr=$LRS" --values "subsample=$SUBSAMPLES" --jobs "$JOBS"
-       ${SETS[@]+"${SETS[@]}"})
+DOWN=()   # downstream runs only: the study's budget first, so EXTRA_SET wins over it
+for kv in ${STUDY_SET:-} ${EXTRA_SET:-}; do DOWN+=(--set "$kv"); done
+VALUES=(--values "lr=$LRS")
+if [ -n "${N_TRAIN:-}" ]; then
+  grep -q '^  subsample:' "$SWEEP_FILE" && VALUES+=(--values "subsample=")   # n_train replaces it
+  VALUES+=(--values "n_train=$N_TRAIN")
+elif [ -n "${SUBSAMPLES:-}" ]; then
+  VALUES+=(--values "subsample=$SUBSAMPLES")
+fi
+[ -z "${SEEDS:-}" ] || VALUES+=(--values "seed=$SEEDS")
+
+SWEEP=(--sweep "$SWEEP_FILE" --yaml_config $YAML --root_dir "$ROOT" "${VALUES[@]}"
+       --extend_lr "${EXTEND_LR:-0}" --jobs "$JOBS" ${DOWN[@]+"${DOWN[@]}"})
 [ -n "${LAUNCHER:-}" ] && SWEEP+=(--launcher "$LAUNCHER")
 CSVS=(); ZS_ARGS=()
 for size in ${SIZES:-default}; do
