@@ -19,8 +19,8 @@
 # Environment (defaults per preset): ROOT (results root), JOBS (trials at once), SWEEP_FILE,
 # LRS, SUBSAMPLES, N_TRAIN and SEEDS (comma lists replacing/adding the sweep file's values;
 # N_TRAIN replaces SUBSAMPLES), EXTEND_LR (lr-grid extension steps per direction), STUDY_SET
-# (space-separated key=value overrides of the downstream runs, e.g. "min_steps=150
-# max_epochs=10"), TARGETS (space-separated target
+# (space-separated key=value overrides of the downstream runs, e.g. "min_steps=100
+# max_epochs=8"), TARGETS (space-separated target
 # errors), OUT (figure directory), PREFIX (output names), LAUNCHER (prefix of train.py),
 # PYTHON, YAML / PT / FT / SC (config file and the pre-training, fine-tuning and
 # from-scratch config names: other shifts or PDEs, e.g. FT=poisson-ft-k10_20
@@ -46,7 +46,7 @@ case "$PRESET" in
     SEEDS=${SEEDS-"0,1,2"}
     N_TRAIN=${N_TRAIN-"8,32,128,512"}                 # random nested subsets of 1024 examples
     EXTEND_LR=${EXTEND_LR:-1}
-    STUDY_SET=${STUDY_SET-"min_steps=150 max_epochs=10"}
+    STUDY_SET=${STUDY_SET-"min_steps=100 max_epochs=8"}
     TARGETS=${TARGETS:-"0.1 0.07 0.05"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
     # pre-training and downstream sets use different seeds (independent sources)
