@@ -155,6 +155,11 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     # a third run does nothing
     make().run()
     assert len(_calls(root)) == n_before + 3
+    # other fixed settings would silently reuse these trials: refused, nothing run
+    with pytest.raises(SweepError, match="was run with config 'base' and --set"):
+        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=3"],
+                   repo_root=str(fake_repo)).run()
+    assert len(_calls(root)) == n_before + 3
 
 
 def _fail_one(run_trial, name):

@@ -558,9 +558,24 @@ class LocalSweep:
                         self.sweep_name, len(busy), " ".join(trial_name(s) for s in busy))
             run_all(list(busy), True)
 
+    def _check_fixed_settings(self):
+        """Trial names come from the swept settings only, so a rerun with another config or
+        other --set values would take the old trials as done: refuse it. The first run
+        records them in {sweep_dir}/sweep.json."""
+        path = os.path.join(self.sweep_dir, "sweep.json")
+        fixed = {"config": self.config, "sets": sorted(self.sets)}
+        old = _read_json(path)
+        if old is None:
+            atomic_write_text(path, json.dumps(fixed, indent=1) + "\n")
+        elif {k: old.get(k) for k in fixed} != fixed:
+            raise SweepError(f"sweep {self.sweep_name} in {self.sweep_dir} was run with config "
+                             f"{old.get('config')!r} and --set {old.get('sets')}, not "
+                             f"{self.config!r} and --set {fixed['sets']}; give it another --name")
+
     def run(self):
         """Run every trial not yet done; return (results.csv path, names of failed trials)."""
         os.makedirs(os.path.join(self.sweep_dir, "logs"), exist_ok=True)
+        self._check_fixed_settings()
         failed = set()
         if self.cfg["method"] == "grid":
             trials = expand_grid(self.cfg)
