@@ -566,7 +566,7 @@ class LocalSweep:
         fixed = {"config": self.config, "sets": sorted(self.sets)}
         old = _read_json(path)
         if old is None:
-            atomic_write_text(path, json.dumps(fixed, indent=1) + "\n")
+            write_text_atomic(path, json.dumps(fixed, indent=1) + "\n")
         elif {k: old.get(k) for k in fixed} != fixed:
             raise SweepError(f"sweep {self.sweep_name} in {self.sweep_dir} was run with config "
                              f"{old.get('config')!r} and --set {old.get('sets')}, not "
