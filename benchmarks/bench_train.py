@@ -61,6 +61,63 @@ def build_model(spec):
     return model, n_params
 
 
+def make_train_step(spec, device):
+    """One training step of the model in ``spec`` on ``device``, as the benchmarks time it.
+
+    spec: impl ("ours" | "neuralop"), width, n_layers, modes, fc_dim, in_dim, batch, res,
+    amp (bf16 autocast), optional trainer_optimizer (train.py's fused Adam instead of plain
+    Adam) and compile (torch.compile the model; True or the name of a compile backend). The batch is random: x (batch, in_dim, res,
+    res), y (batch, 1, res, res). Returns (step, model, n_params); step() runs forward,
+    summed MSE loss, backward and the optimizer step.
+    """
+    import torch
+    device = torch.device(device)
+    model, n_params = build_model(spec)
+    model = model.to(device)
+    if spec.get("trainer_optimizer"):
+        from utils.trainer import build_optimizer   # what train.py uses (fused Adam)
+        opt = build_optimizer({"optimizer": "adam", "lr": 1e-3}, model)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)   # plain Adam for both models
+    backend = spec.get("compile")
+    if backend:
+        run = torch.compile(model, **({"backend": backend} if isinstance(backend, str) else {}))
+    else:
+        run = model
+    b, n = spec["batch"], spec["res"]
+    x = torch.randn(b, spec["in_dim"], n, n, device=device)
+    y = torch.randn(b, 1, n, n, device=device)
+    use_amp = bool(spec["amp"])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = run(x)
+        loss = (pred.float() - y).square().sum()
+        loss.backward()
+        opt.step()
+
+    return step, model, n_params
+
+
+def device_sync(device):
+    """Wait for the device's queued work (CUDA kernels run asynchronously)."""
+    import torch
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_steps(step, n, device):
+    """Seconds of each of ``n`` calls of ``step()``, the device synchronised after each."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        device_sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def worker_main(spec):
     """Protocol on stdin/stdout: prints READY {json}; on 'RUN n' runs n timed steps and prints
     TIMES [seconds...]; exits on EOF or 'QUIT'."""
@@ -72,47 +129,18 @@ def worker_main(spec):
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    device = torch.device(spec["device"])
-    model, n_params = build_model(spec)
-    model = model.to(device)
-    if spec.get("trainer_optimizer"):
-        from utils.trainer import build_optimizer   # what train.py uses (fused Adam)
-        opt = build_optimizer({"optimizer": "adam", "lr": 1e-3}, model)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)   # plain Adam for both models
-    b, n = spec["batch"], spec["res"]
-    x = torch.randn(b, spec["in_dim"], n, n, device=device)
-    y = torch.randn(b, 1, n, n, device=device)
-    use_amp = spec["amp"]
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(x)
-        loss = (pred.float() - y).square().sum()
-        loss.backward()
-        opt.step()
-
+    step, _, n_params = make_train_step(spec, spec["device"])
     for _ in range(spec["warmup"]):
         step()
-    sync()
+    device_sync(spec["device"])
     print("READY " + json.dumps({"n_params": n_params, "threads": torch.get_num_threads()}),
           flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "QUIT":
             break
-        times = []
-        for _ in range(int(cmd[1])):
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - t0)
-        print("TIMES " + json.dumps(times), flush=True)
+        print("TIMES " + json.dumps(timed_steps(step, int(cmd[1]), spec["device"])),
+              flush=True)
 
 
 class Worker:
@@ -188,12 +216,23 @@ def loader_throughput(args, workers, tmpdir):
                      batch_size=args.batch, valid_batch_size=args.batch, subsample=1,
                      in_memory=False, num_data_workers=workers, seed=0)
     loader, _, sampler = get_data_loader(params, path, distributed=False, train=True)
+    return loader_samples_per_s(loader, sampler)
+
+
+def loader_samples_per_s(loader, sampler, device=None):
+    """samples/s of one epoch of a training loader (after one warm-up batch); with ``device``
+    each batch is also copied there as the trainer does (non-blocking from pinned memory)."""
     sampler.set_epoch(0)
     it = iter(loader)
     next(it)                                  # worker start-up and file open not counted
     count, t0 = 0, time.perf_counter()
     for x, y in it:
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
         count += x.shape[0]
+    if device is not None:
+        device_sync(device)
     return count / (time.perf_counter() - t0)
 
 

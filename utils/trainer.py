@@ -53,7 +53,10 @@ from utils.run_layout import RunLayout
 def setup_distributed():
     """Initialise DDP from torchrun/slurm variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
 
-    nccl on CUDA, gloo otherwise. Returns (world_size, rank, local_rank, device).
+    nccl on CUDA, gloo otherwise. A group is formed when there are several ranks, and also
+    for one rank launched by torchrun (TORCHELASTIC_RUN_ID set), so that a one-GPU torchrun
+    runs the same DDP code path as a multi-GPU one. Returns (world_size, rank, local_rank,
+    device).
     """
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -61,7 +64,8 @@ def setup_distributed():
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    if world > 1 and not dist.is_initialized():
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -279,7 +283,8 @@ class Trainer:
 
     def _write_hyperparams(self):
         hp = self.params.to_dict()
-        hp.update(world_size=self.world, global_batch_size=self.global_batch,
+        hp.update(world_size=self.world, dist_backend=dist.get_backend() if self.distributed
+                  else None, global_batch_size=self.global_batch,
                   local_batch_size=self.local_batch, n_train=len(self.train_set),
                   subset_hash=self._subset_hash(), epochs_run=self.max_epochs,
                   steps_per_epoch=self.steps_per_epoch,
