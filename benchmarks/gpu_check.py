@@ -54,7 +54,10 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
 import bench_train  # noqa: E402  (benchmarks/bench_train.py: model builders, timed step)
-from utils.inferencer import write_json_atomic  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.fileio import write_json_atomic  # noqa: E402
+from utils.run_layout import RunLayout  # noqa: E402
 
 # Sizes. "full" is the published model and data size; "dry" keeps every code path at toy size.
 SIZES = {
@@ -82,10 +85,6 @@ SECTION_ORDER = ("correctness", "speed", "run")     # order of the table
 TOL = dict(fno_f32=1e-4, fno_f64=1e-4, adam=1e-5, spectral=1e-5, bf16=1e-2)
 TARGETS = dict(bf16_speedup=1.5, vs_neuralop=2.0, loop_vs_step=0.85, bound_ratio=2.0,
                loader_headroom=1.0)
-
-
-class CheckError(Exception):
-    """A user error: bad arguments, no CUDA without --dry, existing output."""
 
 
 class SectionTimeout(Exception):
@@ -586,11 +585,11 @@ def section_run(ctx):
     eval_reserve = 30 if ctx.mode == "full" else 15
     rc, secs = run_logged(train, os.path.join(logs, "train.log"), ctx.left() - eval_reserve,
                           ctx.env)
-    run_dir = os.path.join(work, "results", "expts", RUN_CONFIG, "gpu_check")
+    run = RunLayout.of(os.path.join(work, "results"), RUN_CONFIG, "gpu_check")
     out["train"] = t = dict(rc=rc, seconds=secs, epochs_planned=epochs,
                             steps_planned=epochs * steps_per_epoch, timed_out=rc is None)
-    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    hp = read_yaml(os.path.join(run_dir, "hyperparams.yaml"))
+    metrics = read_metrics(run.metrics)
+    hp = read_yaml(run.hyperparams)
     t.update(dist_backend=hp.get("dist_backend"), world_size=hp.get("world_size"),
              global_batch=hp.get("global_batch_size"), epochs=len(metrics),
              iters=metrics[-1]["iters"] if metrics else 0)
@@ -621,7 +620,7 @@ def section_run(ctx):
         ctx.row("run", f"data loader ({loader.num_workers} workers, pin_memory="
                 f"{loader.pin_memory}) / training loop", lsps / loop,
                 f"> {TARGETS['loader_headroom']}", lsps / loop > TARGETS["loader_headroom"])
-    best = os.path.join(run_dir, "checkpoints", "ckpt_best.tar")
+    best = run.best_ckpt
     if not os.path.isfile(best):
         ctx.row("run", "eval.py", "skipped: no checkpoint", "", False)
         return out
@@ -799,39 +798,33 @@ def parse_args(argv=None):
     if args.budget is None:
         args.budget = 600.0 if args.dry else 280.0
     if args.budget <= 0:
-        raise CheckError(f"--budget must be > 0, got {args.budget}")
+        raise UserError(f"--budget must be > 0, got {args.budget}")
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in args.sections if s not in SECTION_SHARES]
     if bad or not args.sections:
-        raise CheckError(f"--sections: unknown {bad or 'empty'} (use correctness,speed,run)")
+        raise UserError(f"--sections: unknown {bad or 'empty'} (use correctness,speed,run)")
     return args
 
 
-def main(argv=None):
-    try:
-        args = parse_args(argv)
-        if args.dry:
-            device = torch.device("cpu")
-        elif not torch.cuda.is_available():
-            raise CheckError("no CUDA device (torch.cuda.is_available() is False); "
-                             "use --dry for the CPU dry run")
-        else:
-            device = torch.device("cuda:0")
-        json_path = os.path.join(args.out, "gpu_check.json")
-        work = os.path.join(args.out, "work")
-        if not args.overwrite:
-            for p in (json_path, work):
-                if os.path.exists(p):
-                    raise CheckError(f"{p} exists from a previous check; pass --overwrite "
-                                     f"or another --out")
-        os.makedirs(args.out, exist_ok=True)
-        if os.path.exists(work):
-            shutil.rmtree(work)         # only our own work folder, with --overwrite
-    except CheckError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    import logging
-    logging.basicConfig(level=logging.WARNING)
+def check_main(argv=None):
+    args = parse_args(argv)
+    if args.dry:
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        raise UserError("no CUDA device (torch.cuda.is_available() is False); "
+                        "use --dry for the CPU dry run")
+    else:
+        device = torch.device("cuda:0")
+    json_path = os.path.join(args.out, "gpu_check.json")
+    work = os.path.join(args.out, "work")
+    if not args.overwrite:
+        for p in (json_path, work):
+            if os.path.exists(p):
+                raise UserError(f"{p} exists from a previous check; pass --overwrite "
+                                f"or another --out")
+    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(work):
+        shutil.rmtree(work)         # only our own work folder, with --overwrite
     ctx = Context(args, device)
     fns = dict(correctness=section_correctness, speed=section_speed, run=section_run)
     order = [s for s in SECTION_SHARES if s in args.sections]
@@ -845,6 +838,11 @@ def main(argv=None):
     failed = any(r["status"] == "FAIL" for r in ctx.doc["table"]) or any(
         v["status"] != "done" for v in ctx.doc["sections"].values())
     sys.exit(1 if failed else 0)
+
+
+def main(argv=None):
+    import logging
+    run_cli(check_main, argv, level=logging.WARNING)
 
 
 if __name__ == "__main__":
