@@ -61,16 +61,26 @@ def load_scales(path, n_tensor):
     if not os.path.isfile(path):
         raise DataError(f"scales file not found: {path}")
     try:
-        scales = np.asarray(np.load(path), dtype=np.float64).ravel()
+        scales = np.load(path)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read scales file {path} ({e})") from e
+    return check_scales(scales, n_tensor, f"scales file {path}")
+
+
+def check_scales(scales, n_tensor, what="scales"):
+    """Scales as a float64 vector of length k + 4 (zeros read as 1); DataError otherwise.
+    `what` names their origin in the message (a file, the config key, a checkpoint)."""
+    try:
+        scales = np.asarray(scales, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what} is not a list of numbers ({e})") from e
     expected = n_tensor + 4
     if scales.size != expected:
-        raise DataError(f"scales file {path} has {scales.size} entries, expected {expected} "
+        raise DataError(f"{what} has {scales.size} entries, expected {expected} "
                         f"= [source, {n_tensor} tensor, sol, Lx, Ly] for data with {n_tensor} "
                         f"coefficient columns")
     if not np.all(np.isfinite(scales)):
-        raise DataError(f"scales file {path} holds non-finite values: {scales.tolist()}")
+        raise DataError(f"{what} holds non-finite values: {scales.tolist()}")
     return np.where(scales == 0, 1.0, scales)
 
 
@@ -193,7 +203,10 @@ class PDEDataset(Dataset):
             raise DataError(f"{location} gives 1 source + {self.n_coef} coefficient channels = "
                             f"{self.in_channels} input channels ({self.layout} layout), but the "
                             f"config has in_dim = {in_dim}")
-        self.scales = load_scales(params.get("scales_path"), self.n_coef)
+        if params.get("scales") is not None:  # values (e.g. from a pre-trained model's info)
+            self.scales = check_scales(params.get("scales"), self.n_coef, "config 'scales'")
+        else:
+            self.scales = load_scales(params.get("scales_path"), self.n_coef)
         lx, ly = self.scales[-2], self.scales[-1]
         self.measure = (lx / self.img_shape[1]) * (ly / self.img_shape[0])
         self.ref_measure = self.measure

@@ -128,15 +128,19 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     """Evaluate checkpoint `weights` on every sample of `test_path`; write results to out_dir.
 
     Writes summary.json (test_rel_l2_mean, test_rel_l2_median, test_loss, n_test, weights,
-    test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png.
+    test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png, and records
+    the result in the model card beside `weights` if there is one (utils/pretrained.py).
+    A config without scales_path uses the scales the weights carry (model_info).
     Returns the summary dict.
     """
     from models.fno import fno
     from utils.data_utils import get_data_loader
     from utils.finetune import load_pretrained
+    from utils.pretrained import record_test_result, scales_from_weights
 
     if not os.path.isfile(weights):
         raise EvalError(f"weights file not found: {weights}")
+    scales_from_weights(params, weights)
     if device is None:
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     loader, dataset, _ = get_data_loader(params, test_path, distributed=False, train=False)
@@ -164,6 +168,7 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
         fig = plot_examples(*res["examples"], path=os.path.join(out_dir, EVAL_EXAMPLES))
         plt.close(fig)
     write_json_atomic(os.path.join(out_dir, EVAL_SUMMARY), summary)
+    record_test_result(weights, summary, rel)
     logging.info("test %s: rel L2 mean %.4g median %.4g, loss %.4g over %d samples",
                  test_path, summary["test_rel_l2_mean"], summary["test_rel_l2_median"],
                  summary["test_loss"], summary["n_test"])

@@ -7,6 +7,7 @@
         train_summary.json                    written when training reaches max_epochs
         checkpoints/ckpt.tar                  latest state (resume)
         checkpoints/ckpt_best.tar             lowest validation loss (what eval.py reads)
+        checkpoints/model_card.json           what ckpt_best.tar is (utils/pretrained.py)
         eval/summary.json                     eval.py's default output folder
         eval/rel_l2_per_sample.npy, eval/examples.png
         wandb/
@@ -24,6 +25,8 @@ import os
 EVAL_SUMMARY = "summary.json"
 EVAL_PER_SAMPLE = "rel_l2_per_sample.npy"
 EVAL_EXAMPLES = "examples.png"
+# the model card beside a checkpoint (utils/pretrained.py)
+MODEL_CARD = "model_card.json"
 
 
 class RunLayout:
@@ -35,6 +38,7 @@ class RunLayout:
         self.ckpt_dir = join(self.run_dir, "checkpoints")
         self.ckpt = join(self.ckpt_dir, "ckpt.tar")
         self.best_ckpt = join(self.ckpt_dir, "ckpt_best.tar")
+        self.model_card = join(self.ckpt_dir, MODEL_CARD)
         self.hyperparams = join(self.run_dir, "hyperparams.yaml")
         self.metrics = join(self.run_dir, "metrics.jsonl")
         self.train_summary = join(self.run_dir, "train_summary.json")
@@ -53,7 +57,7 @@ def sweep_dir(root_dir, name):
     return os.path.join(os.fspath(root_dir), "sweeps", str(name))
 
 
-NAMES = ("run_dir", "ckpt_dir", "ckpt", "best_ckpt", "hyperparams", "metrics", "train_summary",
+NAMES = ("run_dir", "ckpt_dir", "ckpt", "best_ckpt", "model_card", "hyperparams", "metrics", "train_summary",
          "wandb_dir", "eval_dir", "eval_summary")
 
 

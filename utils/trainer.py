@@ -44,6 +44,7 @@ from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
                             load_pretrained, safe_torch_load)
 from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples
+from utils.pretrained import write_card
 from utils.run_layout import RunLayout
 
 
@@ -140,9 +141,12 @@ def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
 
 
 def _check_params(params):
-    for key in ("train_path", "val_path", "scales_path", "max_epochs", "batch_size", "in_dim"):
+    for key in ("train_path", "val_path", "max_epochs", "batch_size", "in_dim"):
         if params.get(key) is None:
             raise ConfigError(f"config '{params.config_name}' has no '{key}'")
+    if params.get("scales_path") is None and params.get("scales") is None:
+        raise ConfigError(f"config '{params.config_name}' has no 'scales_path' (it may be null "
+                          f"only when 'pretrained' is a model that carries its scales)")
     if int(params.max_epochs) < 1:
         raise ConfigError(f"max_epochs must be >= 1, got {params.max_epochs}")
     min_steps = params.get("min_steps", 0)
@@ -161,8 +165,8 @@ class Trainer:
 
     def __init__(self, params, run_dir, run_name=None):
         from models.fno import fno
+        from utils.pretrained import build_model_info, scales_from_weights
 
-        _check_params(params)
         self.params = params
         self.layout = RunLayout(run_dir)
         self.run_dir = self.layout.run_dir
@@ -170,6 +174,10 @@ class Trainer:
         self.ckpt_path = self.layout.ckpt
         self.best_path = self.layout.best_ckpt
         self.metrics_path = self.layout.metrics
+        # without scales_path, normalise as the model this run starts from (its model_info)
+        scales_from_weights(params, self.ckpt_path if os.path.isfile(self.ckpt_path)
+                            else params.get("pretrained"))
+        _check_params(params)
         self.run_name = run_name or os.path.basename(self.run_dir)
         self.world, self.rank, self.local_rank, self.device = setup_distributed()
         self.distributed = dist.is_initialized()
@@ -198,6 +206,9 @@ class Trainer:
         # frozen before the optimizer and DDP see the model; re-applied on resume
         self.frozen = freeze_parameters(self.raw_model, params.get("freeze"))
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
+        # what a user of the checkpoints needs (utils/pretrained.py); metrics added per save
+        self.model_info = build_model_info(params)
+        self.last_val = None     # (val_loss, val_rel_l2) of the current weights
         self.optimizer = build_optimizer(params, self.raw_model)
         self.scheduler = build_scheduler(params, self.optimizer, self.max_epochs)
 
@@ -243,7 +254,14 @@ class Trainer:
             epoch=self.epoch, iters=self.iters, step_in_epoch=step_in_epoch, partial=partial,
             best_val_loss=self.best_val_loss, best_val_rel_l2=self.best_val_rel_l2,
             best_epoch=self.best_epoch, rng_state=get_rng_state(), world_size=self.world,
-            config=self.params.to_dict())
+            config=self.params.to_dict(), model_info=self._model_info(step_in_epoch))
+
+    def _model_info(self, step_in_epoch=0):
+        """model_info with the validation metrics of the weights being saved (none mid-epoch)."""
+        val = self.last_val if step_in_epoch == 0 else None
+        metrics = dict(epoch=self.epoch, n_val=len(self.val_set),
+                       val_loss=val[0] if val else None, val_rel_l2=val[1] if val else None)
+        return dict(self.model_info, metrics=metrics)
 
     def _save(self, is_best=False, step_in_epoch=0, partial=None):
         """Rank 0 writes the checkpoint(s) after all ranks reached this point."""
@@ -253,6 +271,8 @@ class Trainer:
             ckpt = self._checkpoint(step_in_epoch, partial)
             if is_best:  # best first: a crash in between only repeats this epoch on resume
                 torch_save_atomic(ckpt, self.best_path)
+                write_card(self.layout.model_card, ckpt["model_info"],
+                           os.path.basename(self.best_path))
             torch_save_atomic(ckpt, self.ckpt_path)
         if self.distributed:
             dist.barrier()
@@ -439,6 +459,7 @@ class Trainer:
                 if not math.isfinite(val_loss):
                     raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
                                            f"stopped without writing checkpoints")
+                self.last_val = (val_loss, val_rel)
                 lr = self.optimizer.param_groups[0]["lr"]
                 if self.scheduler is not None:
                     self.scheduler.step()

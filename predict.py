@@ -1,0 +1,146 @@
+"""Predict solutions with a pre-trained model for the sources and coefficients of an HDF5 file.
+
+    python predict.py --weights pretrained/poisson_k1_5/model.pt --input data.h5 --out pred.h5 \
+        [--device auto|cpu|cuda] [--batch_size 64] [--overwrite]
+
+The input is a split file (DESIGN.md section 4): `fields` (N, 2, n, n) [source, solution] or
+(N, 1, n, n) [source] and `tensor` (N, k) in the layout of its PDE. The model (any checkpoint
+of this code: model.pt, ckpt_best.tar) must be one of that PDE and the grid one it can take.
+Writes --out atomically: `prediction` (N, n, n) float32 and `tensor` (N, k), and, when the
+input holds solutions, `rel_l2` (N,) with the relative L2 error of every sample, whose mean
+and median are printed. Exit status 2 with one `error: ...` line for a bad input.
+"""
+import argparse
+import logging
+import os
+
+import h5py
+import numpy as np
+
+from utils.malloc_tuning import configure_malloc
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True, help="model.pt or a checkpoint (ckpt_best.tar)")
+    p.add_argument("--input", required=True, help="HDF5 file with fields (N, 1|2, n, n), tensor")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
+    p.add_argument("--batch_size", type=int, default=64, help="samples per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def open_input(path):
+    """(h5 file, N, (H, W), has_solution, k, pde attribute or None); DataError if unusable."""
+    from utils.errors import DataError
+
+    if not os.path.isfile(path):
+        raise DataError(f"input file not found: {path}")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path} is not a readable HDF5 file ({e})") from None
+    fields, tensor = h5.get("fields"), h5.get("tensor")
+    if not isinstance(fields, h5py.Dataset) or not isinstance(tensor, h5py.Dataset):
+        h5.close()
+        raise DataError(f"{path} needs datasets 'fields' (N, 1|2, n, n) and 'tensor' (N, k); "
+                        f"found: {', '.join(sorted(h5.keys())) if h5 else 'none'}")
+    if fields.ndim != 4 or fields.shape[1] not in (1, 2) or tensor.ndim != 2 \
+            or tensor.shape[0] != fields.shape[0]:
+        shapes = f"fields {fields.shape}, tensor {tensor.shape}"
+        h5.close()
+        raise DataError(f"{path}: expected fields (N, 1|2, n, n) and tensor (N, k), got {shapes}")
+    pde = h5.attrs.get("pde")
+    pde = pde.decode() if isinstance(pde, bytes) else (str(pde) if pde is not None else None)
+    return h5, fields.shape[0], tuple(fields.shape[2:]), fields.shape[1] == 2, tensor.shape[1], pde
+
+
+def check_compatible(model, path, pde_attr, k, grid):
+    """One-line DataError when the file's PDE, coefficient count or grid does not fit."""
+    from utils.errors import DataError
+    from utils.mixed_data import PDE_OF_WIDTH
+
+    # the file's `pde` attribute when it has one (generator files do), else its column count
+    pde = {"advdiff": "ad"}.get(pde_attr, pde_attr) if pde_attr else PDE_OF_WIDTH.get(k)
+    if pde not in model.info["coefficients"]:
+        raise DataError(f"{model.path} is a {model.pde} model (input channels "
+                        f"{model.info['channels']}) but {path} holds "
+                        f"{pde or 'unknown'} data with {k} coefficient columns")
+    columns = model.info["coefficients"][pde]
+    if k != len(columns):
+        raise DataError(f"{path} has {k} coefficient columns but {pde} needs {len(columns)} "
+                        f"{columns} (model {model.path})")
+    model.check_grid(*grid)
+    return pde
+
+
+def warn_if_shifted(model, path, h5):
+    """Log a warning when the file's coefficient range or grid differs from the training data."""
+    from utils.pretrained import plain
+
+    train = model.info.get("data", [{}])[0]
+    rng = h5.attrs.get("coef_range")
+    if rng is not None and train.get("coef_range") is not None and \
+            not np.allclose(plain(rng), train["coef_range"]):
+        logging.warning("%s: coefficient range %s differs from the training range %s: "
+                        "zero-shot prediction outside the training distribution", path,
+                        plain(rng), train["coef_range"])
+
+
+def main(argv=None):
+    configure_malloc()
+    args = build_parser().parse_args(argv)
+    from utils.errors import DataError, UserError
+    from utils.fileio import atomic_path
+    from utils.pretrained import load_pretrained
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise DataError(f"{args.out} exists (pass --overwrite to replace it)")
+    if os.path.exists(args.out) and os.path.samefile(args.out, args.input):
+        raise DataError("--out must not be the --input file")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise DataError(f"output directory does not exist: {out_dir}")
+    model = load_pretrained(args.weights, device=args.device)
+    h5, n, grid, has_solution, k, pde_attr = open_input(args.input)
+    with h5:
+        pde = check_compatible(model, args.input, pde_attr, k, grid)
+        warn_if_shifted(model, args.input, h5)
+        logging.info("%s: %d samples on a %dx%d grid (%s); %r", args.input, n, *grid, pde, model)
+        rel = np.empty(n, np.float64) if has_solution else None
+        with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as out:
+            pred_ds = out.create_dataset("prediction", (n, *grid), dtype="<f4",
+                                         chunks=(1, *grid))
+            out.create_dataset("tensor", data=h5["tensor"][:])
+            for i in range(0, n, args.batch_size):   # bounded memory: one batch in flight
+                j = min(i + args.batch_size, n)
+                fields = np.asarray(h5["fields"][i:j], np.float32)
+                u = model.solve(fields[:, 0], h5["tensor"][i:j], pde=pde,
+                                batch_size=args.batch_size)
+                pred_ds[i:j] = u
+                if has_solution:
+                    ref = fields[:, 1].reshape(j - i, -1).astype(np.float64)
+                    err = u.reshape(j - i, -1) - ref
+                    rel[i:j] = np.linalg.norm(err, axis=1) / np.maximum(
+                        np.linalg.norm(ref, axis=1), np.finfo(np.float32).tiny)
+            out.attrs.update(dict(weights=os.path.abspath(args.weights), pde=pde,
+                                  input=os.path.abspath(args.input), n=grid[1],
+                                  num_samples=n))
+            if has_solution:
+                out.create_dataset("rel_l2", data=rel.astype(np.float32))
+                out.attrs.update(dict(rel_l2_mean=float(rel.mean()),
+                                      rel_l2_median=float(np.median(rel))))
+    if has_solution:
+        print(f"relative L2 error: mean {rel.mean():.4f}, median {np.median(rel):.4f} over {n} "
+              f"samples ({args.out})")
+    else:
+        print(f"wrote {n} predictions to {args.out}")
+
+
+if __name__ == "__main__":
+    from utils.cli import run_cli
+
+    run_cli(main)
