@@ -152,7 +152,8 @@ def test_interrupted_checkpoint_write_keeps_previous(cfg, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         fileio.torch_save_atomic({"x": 1}, str(path))
     assert path.read_bytes() == before and load(path)["epoch"] == 1
-    assert sorted(os.listdir(tmp_path / "run/checkpoints")) == ["ckpt.tar", "ckpt_best.tar"]  # no temp
+    assert sorted(os.listdir(tmp_path / "run/checkpoints")) == [  # no temp
+        "ckpt.tar", "ckpt_best.tar", "model_card.json"]
 
 
 def test_nan_loss_stops_without_touching_checkpoints(cfg, tmp_path, monkeypatch):
