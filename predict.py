@@ -31,31 +31,6 @@ def build_parser():
     return p
 
 
-def open_input(path):
-    """(h5 file, N, (H, W), has_solution, k, pde attribute or None); DataError if unusable."""
-    from utils.errors import DataError
-
-    if not os.path.isfile(path):
-        raise DataError(f"input file not found: {path}")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path} is not a readable HDF5 file ({e})") from None
-    fields, tensor = h5.get("fields"), h5.get("tensor")
-    if not isinstance(fields, h5py.Dataset) or not isinstance(tensor, h5py.Dataset):
-        h5.close()
-        raise DataError(f"{path} needs datasets 'fields' (N, 1|2, n, n) and 'tensor' (N, k); "
-                        f"found: {', '.join(sorted(h5.keys())) if h5 else 'none'}")
-    if fields.ndim != 4 or fields.shape[1] not in (1, 2) or tensor.ndim != 2 \
-            or tensor.shape[0] != fields.shape[0]:
-        shapes = f"fields {fields.shape}, tensor {tensor.shape}"
-        h5.close()
-        raise DataError(f"{path}: expected fields (N, 1|2, n, n) and tensor (N, k), got {shapes}")
-    pde = h5.attrs.get("pde")
-    pde = pde.decode() if isinstance(pde, bytes) else (str(pde) if pde is not None else None)
-    return h5, fields.shape[0], tuple(fields.shape[2:]), fields.shape[1] == 2, tensor.shape[1], pde
-
-
 def check_compatible(model, path, pde_attr, k, grid):
     """One-line DataError when the file's PDE, coefficient count or grid does not fit."""
     from utils.errors import DataError
@@ -93,6 +68,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from utils.errors import DataError, UserError
     from utils.fileio import atomic_path
+    from utils.h5io import SplitFile
     from utils.pretrained import load_pretrained
 
     if args.batch_size < 1:
@@ -105,22 +81,21 @@ def main(argv=None):
     if not os.path.isdir(out_dir):
         raise DataError(f"output directory does not exist: {out_dir}")
     model = load_pretrained(args.weights, device=args.device)
-    h5, n, grid, has_solution, k, pde_attr = open_input(args.input)
-    with h5:
-        pde = check_compatible(model, args.input, pde_attr, k, grid)
-        warn_if_shifted(model, args.input, h5)
+    with SplitFile(args.input, "input file", need_tensor=True, need_solution=False) as sf:
+        n, grid, has_solution = sf.n_samples, sf.shape, sf.has_solution
+        pde = check_compatible(model, args.input, sf.pde, sf.n_tensor, grid)
+        warn_if_shifted(model, args.input, sf.h5)
         logging.info("%s: %d samples on a %dx%d grid (%s); %r", args.input, n, *grid, pde, model)
         rel = np.empty(n, np.float64) if has_solution else None
         with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as out:
             pred_ds = out.create_dataset("prediction", (n, *grid), dtype="<f4",
                                          chunks=(1, *grid))
-            out.create_dataset("tensor", data=h5["tensor"][:])
+            tensor_ds = out.create_dataset("tensor", (n, sf.n_tensor), dtype="<f4")
             for i in range(0, n, args.batch_size):   # bounded memory: one batch in flight
                 j = min(i + args.batch_size, n)
-                fields = np.asarray(h5["fields"][i:j], np.float32)
-                u = model.solve(fields[:, 0], h5["tensor"][i:j], pde=pde,
-                                batch_size=args.batch_size)
-                pred_ds[i:j] = u
+                fields, tensor = sf.read(slice(i, j))
+                u = model.solve(fields[:, 0], tensor, pde=pde, batch_size=args.batch_size)
+                pred_ds[i:j], tensor_ds[i:j] = u, tensor
                 if has_solution:
                     ref = fields[:, 1].reshape(j - i, -1).astype(np.float64)
                     err = u.reshape(j - i, -1) - ref

@@ -73,14 +73,15 @@ class SplitFile:
         path: the HDF5 file.
         what: how error messages name it ('train file', 'data file', ...).
         need_tensor: a missing `tensor` dataset is an error (else it reads as k = 0).
+        need_solution: False also accepts `fields` (N, 1, H, W) [source] (predict.py input).
     Attributes:
-        n_samples, shape (H, W), n_tensor k, has_other, pde (root attribute `pde` or None),
-        h5 (the open h5py.File).
+        n_samples, shape (H, W), n_tensor k, has_other, has_solution, pde (root attribute
+        `pde` or None), h5 (the open h5py.File).
     Raises:
         DataError: missing/unreadable file, or `fields` not (N, 2, H, W), or `tensor` not (N, k).
     """
 
-    def __init__(self, path, what="data file", need_tensor=False):
+    def __init__(self, path, what="data file", need_tensor=False, need_solution=True):
         if not path:
             raise DataError(f"no {what} given in the config")
         if not os.path.exists(path):
@@ -93,20 +94,22 @@ class SplitFile:
             raise DataError(f"{what} {path} is not a readable HDF5 file ({e})") from None
         self.path = path
         try:
-            self._check(what, need_tensor)
+            self._check(what, need_tensor, need_solution)
         except BaseException:
             self.h5.close()
             raise
 
-    def _check(self, what, need_tensor):
+    def _check(self, what, need_tensor, need_solution=True):
         f, path = self.h5, self.path
         if "fields" not in f:
             found = ", ".join(sorted(f.keys())) or "none"
             raise DataError(f"{what} {path} has no dataset 'fields' (found: {found})")
         shape = f["fields"].shape
-        if len(shape) != 4 or shape[1] != 2:
-            raise DataError(f"{what} {path}: 'fields' must be (N, 2, n, n) [source, solution], "
+        if len(shape) != 4 or shape[1] not in ((2,) if need_solution else (1, 2)):
+            raise DataError(f"{what} {path}: 'fields' must be (N, 2, n, n) [source, solution]"
+                            f"{'' if need_solution else ' or (N, 1, n, n) [source]'}, "
                             f"found {tuple(shape)}")
+        self.has_solution = shape[1] == 2
         self.n_samples, self.shape = shape[0], (shape[2], shape[3])
         self.n_tensor = 0
         if "tensor" in f:
@@ -124,7 +127,8 @@ class SplitFile:
 
     def read(self, sel, other=False):
         """Samples `sel` (a slice, or increasing row indices) as float32 arrays:
-        (fields (B, 2, H, W), tensor (B, k)[, other (B, 1) or None])."""
+        (fields (B, 2, H, W) (or (B, 1, H, W) without solution), tensor (B, k)
+        [, other (B, 1) or None])."""
         fields = np.asarray(self.h5["fields"][sel], dtype=np.float32)
         tensor = (np.asarray(self.h5["tensor"][sel], dtype=np.float32) if self.n_tensor
                   else np.zeros((len(fields), 0), np.float32))
