@@ -30,19 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-from utils.errors import FNOConfigError  # noqa: E402  (a ConfigError and a ValueError)
-
-
-def _param(params, key, default=None):
-    """Read ``key`` from a params object (attribute access, YParams, or dict)."""
-    if isinstance(params, dict):
-        return params.get(key, default)
-    try:
-        value = getattr(params, key)
-    except (AttributeError, KeyError):
-        return default
-    return value
+# a key of a params object (YParams, dict or namespace), or its default (utils/config_schema.py)
+from utils.config_schema import param as _param
+from utils.errors import FNOConfigError  # a ConfigError and a ValueError
 
 
 def _positive(value):
@@ -66,7 +56,7 @@ def resolve_config(params):
         if isinstance(modes1, (list, tuple)):
             n_layers = len(modes1)
         else:
-            n_layers = int(_param(params, "n_layers", 4))
+            n_layers = int(_param(params, "n_layers"))
         layers = [width] * (n_layers + 1)
     layers = [int(w) for w in layers]
     n_layers = len(layers) - 1
@@ -87,11 +77,11 @@ def resolve_config(params):
 
     modes1 = as_list("modes1", modes1)
     modes2 = as_list("modes2", modes2)
-    fc_dim = _param(params, "fc_dim", 128)
+    fc_dim = _param(params, "fc_dim")
 
-    mode_cut = _param(params, "mode_cut", 0)
-    embed_cut = _param(params, "embed_cut", 0)
-    fc_cut = _param(params, "fc_cut", 0)
+    mode_cut = _param(params, "mode_cut")
+    embed_cut = _param(params, "embed_cut")
+    fc_cut = _param(params, "fc_cut")
     if _positive(mode_cut):
         modes1 = [int(mode_cut)] * n_layers
         modes2 = [int(mode_cut)] * n_layers
@@ -100,9 +90,9 @@ def resolve_config(params):
         if _positive(fc_cut):
             fc_dim = int(embed_cut * fc_cut)
 
-    cfg = dict(in_dim=int(_param(params, "in_dim")), out_dim=int(_param(params, "out_dim", 1)),
+    cfg = dict(in_dim=int(_param(params, "in_dim")), out_dim=int(_param(params, "out_dim")),
                layers=layers, modes1=modes1, modes2=modes2, fc_dim=int(fc_dim),
-               dropout=float(_param(params, "dropout", 0.0) or 0.0))
+               dropout=float(_param(params, "dropout") or 0.0))
     bad = {k: v for k, v in cfg.items() if k in ("in_dim", "out_dim", "fc_dim") and v < 1}
     if bad or min(layers) < 1 or min(modes1 + modes2) < 1:
         raise FNOConfigError(f"FNO sizes must be positive, got {cfg}")

@@ -3,6 +3,8 @@
 A config file holds several named configs; YAML anchors and merge keys (``<<: *base``) share
 defaults between them. ``YParams`` exposes one config with attribute access
 (``params.lr``), item access (``params['lr']``), ``params.get(key, default)`` and assignment.
+Every key the config does not give is set to its default from ``utils/config_schema.py`` at
+load (the one place the defaults live), so code reads ``params.lr`` without a fallback.
 
 Paths: relative values of path keys (``*_path``, ``pretrained``) in a config FILE are
 resolved against the repository root, so a config means the same files from any working
@@ -16,6 +18,7 @@ import re
 
 import yaml
 
+from utils.config_schema import defaults
 from utils.errors import ConfigError, UserError  # noqa: F401  (re-exported: part of this API)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +91,9 @@ class YParams:
         if not isinstance(cfg, dict):
             raise ConfigError(f"config '{config_name}' in {yaml_path} is not a mapping")
         params = copy.deepcopy(cfg)
+        # every key the config does not give takes its default (utils/config_schema.py)
+        for key, value in defaults().items():
+            params.setdefault(key, copy.deepcopy(value))
         for key, value in params.items():
             if is_path_key(key):
                 params[key] = _resolve(value, REPO_ROOT)

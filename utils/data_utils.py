@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from utils.config_schema import SCHEMA, param
 from utils.errors import DataError
 from utils.h5io import SplitFile, split_info
 
@@ -122,11 +123,12 @@ def normalize_inputs(source, tensor, scales, measure, ref_measure=None):
 SUBSET_STREAM = 0x5EED5B5E
 
 
-def _int_key(params, key, default, low):
-    """params[key] as an int >= low (None -> default); DataError for anything else."""
-    value = params.get(key, default)
+def _int_key(params, key, low):
+    """params[key] as an int >= low (missing or null: its default, utils/config_schema.py);
+    DataError for anything else."""
+    value = param(params, key)
     if value is None:
-        return default
+        return SCHEMA[key].default
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise DataError(f"{key} must be an integer >= {low}, got {value!r}")
     return int(value)
@@ -145,8 +147,8 @@ def training_rows(params, n_total):
     the same for every approach); otherwise `subsample: k` -> rows 0, k, 2k, ... (N // k rows,
     the published protocol; the seed plays no part). Giving both is an error.
     """
-    subsample = _int_key(params, "subsample", 1, 1)
-    n_train = _int_key(params, "n_train", None, 1)
+    subsample = _int_key(params, "subsample", 1)
+    n_train = _int_key(params, "n_train", 1)
     if n_train is None:
         if n_total // subsample == 0:
             raise DataError(f"{n_total} training samples; subsample {subsample} keeps none")
@@ -155,7 +157,7 @@ def training_rows(params, n_total):
         raise DataError(f"give either n_train ({n_train}) or subsample ({subsample}), not both")
     if n_train > n_total:
         raise DataError(f"n_train {n_train} is more than the {n_total} training samples")
-    seed = _int_key(params, "seed", 0, 0)
+    seed = _int_key(params, "seed", 0)
     return np.sort(subset_permutation(n_total, seed)[:n_train]).astype(np.int64)
 
 
@@ -194,19 +196,19 @@ class PDEDataset(Dataset):
         self.n_tensor = sf.n_tensor
         # channel_layout 'mixed': coefficients in the 7-channel layout of the three PDEs
         # (DESIGN.md section 5, utils/mixed_data.py); 'native': the file's own columns
-        self.layout = params.get("channel_layout", "native") or "native"
+        self.layout = param(params, "channel_layout")
         self._coef = _coefficient_map(self.layout, location, self.n_tensor, sf.pde)
         self.n_coef = self._coef.n_out if self._coef else self.n_tensor
         self.in_channels = 1 + self.n_coef
-        in_dim = params.get("in_dim")
+        in_dim = param(params, "in_dim")
         if in_dim is not None and int(in_dim) != self.in_channels:
             raise DataError(f"{location} gives 1 source + {self.n_coef} coefficient channels = "
                             f"{self.in_channels} input channels ({self.layout} layout), but the "
                             f"config has in_dim = {in_dim}")
-        if params.get("scales") is not None:  # values (e.g. from a pre-trained model's info)
-            self.scales = check_scales(params.get("scales"), self.n_coef, "config 'scales'")
+        if param(params, "scales") is not None:  # values (e.g. from a pre-trained model's info)
+            self.scales = check_scales(param(params, "scales"), self.n_coef, "config 'scales'")
         else:
-            self.scales = load_scales(params.get("scales_path"), self.n_coef)
+            self.scales = load_scales(param(params, "scales_path"), self.n_coef)
         lx, ly = self.scales[-2], self.scales[-1]
         self.measure = (lx / self.img_shape[1]) * (ly / self.img_shape[0])
         self.ref_measure = self.measure
@@ -223,11 +225,11 @@ class PDEDataset(Dataset):
         self._file = None
         self._pid = None
         self._mem = None
-        if params.get("in_memory", False):
+        if param(params, "in_memory"):
             self._mem = self._read_rows(self.rows, sf)
-        how = (f"random subset of seed {params.get('seed', 0)}, {self.subset_hash}"
-               if train and params.get("n_train") is not None
-               else f"subsample {int(params.get('subsample', 1) or 1) if train else 1}")
+        how = (f"random subset of seed {param(params, 'seed')}, {self.subset_hash}"
+               if train and param(params, "n_train") is not None
+               else f"subsample {int(param(params, 'subsample')) if train else 1}")
         logging.info("data %s: %d samples (of %d, %s), grid %dx%d, %d input channels%s",
                      location, self.n_samples, self.n_total, how, self.img_shape[0],
                      self.img_shape[1], self.in_channels, ", in memory" if self._mem else "")
@@ -353,7 +355,7 @@ class MultiFileDataset(Dataset):
 
 def _reference_shape(params, own_shape):
     """Grid (H, W) the scales were computed on: the training file's (its header only)."""
-    train_path = params.get("train_path")
+    train_path = param(params, "train_path")
     if isinstance(train_path, (list, tuple)):  # several train files share one grid
         train_path = resolve_paths(train_path)[0] if train_path else None
     if train_path:
@@ -436,20 +438,21 @@ def get_data_loader(params, location, distributed, train=True):
     world = dist.get_world_size() if distributed else 1
     rank = dist.get_rank() if distributed else 0
     if isinstance(location, (list, tuple)):   # one split made of several files (mixed physics)
-        if train and params.get("n_train") is not None:
+        if train and param(params, "n_train") is not None:
             raise DataError("n_train needs a single training file (a split of several files "
                             "takes subsample)")
         dataset = MultiFileDataset([PDEDataset(params, p, train) for p in resolve_paths(location)])
     else:
         dataset = PDEDataset(params, location, train)
     if train:
-        global_batch = effective_batch_size(params.get("batch_size", 1), len(dataset), world)
-        sampler = TrainSampler(dataset, world, rank, int(params.get("seed", 0) or 0))
+        global_batch = effective_batch_size(param(params, "batch_size"), len(dataset), world)
+        sampler = TrainSampler(dataset, world, rank, int(param(params, "seed")))
     else:
-        global_batch = int(params.get("valid_batch_size", params.get("batch_size", 1)))
+        # null valid_batch_size: batch_size (1 when neither is set; utils/config_schema.py)
+        global_batch = int(param(params, "valid_batch_size") or param(params, "batch_size") or 1)
         sampler = ShardSampler(len(dataset), rank, world)
     local_batch = max(1, global_batch // world)
-    workers = int(params.get("num_data_workers", 0) or 0)
+    workers = int(param(params, "num_data_workers"))
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=train,
                         num_workers=workers, collate_fn=_batch_collate,
                         pin_memory=torch.cuda.is_available(),

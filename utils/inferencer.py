@@ -1,12 +1,6 @@
-"""Losses, error metrics, batched inference and the evaluation of a checkpoint (eval.py).
+"""Batched inference and the evaluation of a checkpoint (eval.py).
 
-Loss (as published, `loss_style`):
-  - 'sum':  per-sample sum over pixels of (pred - target)^2, averaged over the batch
-            (published: torch.sum((target - pred)**2) / batch_size);
-  - 'mean': mean over all pixels and samples.
-Both are averages over samples of a per-sample quantity, so DDP's gradient average over W ranks
-of batch B/W equals one process with batch B (the trainer relies on this).
-Relative L2 error of a sample: ||pred - target||_2 / ||target||_2 over its pixels.
+The training loss and the relative L2 error live in utils/loss_utils.py.
 """
 import logging
 import os
@@ -14,31 +8,11 @@ import os
 import numpy as np
 import torch
 
+from utils.config_schema import param
 from utils.errors import EvalError
 from utils.fileio import save_npy_atomic, savefig_atomic, write_json_atomic
+from utils.loss_utils import TrainingLoss, rel_l2
 from utils.run_layout import EVAL_EXAMPLES, EVAL_PER_SAMPLE, EVAL_SUMMARY
-
-
-def per_sample_loss(pred, target, loss_style="sum"):
-    """(B,) loss of each sample: sum ('sum') or mean ('mean') of squared errors over C, H, W."""
-    sq = (pred.float() - target.float()).pow(2).flatten(1)
-    if loss_style == "sum":
-        return sq.sum(dim=1)
-    if loss_style == "mean":
-        return sq.mean(dim=1)
-    raise ValueError(f"unknown loss_style '{loss_style}' (expected 'sum' or 'mean')")
-
-
-def batch_loss(pred, target, loss_style="sum"):
-    """Training loss of a batch: the mean over its samples of `per_sample_loss`."""
-    return per_sample_loss(pred, target, loss_style).mean()
-
-
-def rel_l2(pred, target):
-    """(B,) relative L2 error ||pred - target|| / ||target|| per sample (float32 inputs)."""
-    diff = (pred.float() - target.float()).flatten(1).pow(2).sum(dim=1)
-    ref = target.float().flatten(1).pow(2).sum(dim=1)
-    return torch.sqrt(diff / ref.clamp_min(torch.finfo(torch.float32).tiny))
 
 
 def autocast_context(device, amp):
@@ -49,9 +23,8 @@ def autocast_context(device, amp):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, loss_style="sum", amp=False, keep_per_sample=False,
-             n_examples=0):
-    """Run `model` over every batch of `loader`.
+def evaluate(model, loader, device, loss, amp=False, keep_per_sample=False, n_examples=0):
+    """Run `model` over every batch of `loader`; `loss` a utils.loss_utils.TrainingLoss.
 
     Returns dict: loss_sum, rel_l2_sum (sums over samples, float64), count; with
     keep_per_sample the arrays rel_l2 and loss (N,) in loader order; with n_examples > 0
@@ -71,7 +44,7 @@ def evaluate(model, loader, device, loss_style="sum", amp=False, keep_per_sample
             pred = model(inputs)
         pred = pred.float()
         r = rel_l2(pred, targets)
-        l = per_sample_loss(pred, targets, loss_style)
+        l = loss.per_sample(pred, targets)
         loss_sum += l.double().sum()
         rel_sum += r.double().sum()
         count += targets.shape[0]
@@ -143,17 +116,19 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     scales_from_weights(params, weights)
     if device is None:
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    loss = TrainingLoss.from_params(params)
     loader, dataset, _ = get_data_loader(params, test_path, distributed=False, train=False)
     model = fno(params).to(device)
     info = load_pretrained(model, weights)
-    res = evaluate(model, loader, device, params.get("loss_style", "sum"),
-                   params.get("amp", False), keep_per_sample=True, n_examples=n_examples)
+    res = evaluate(model, loader, device, loss, param(params, "amp"), keep_per_sample=True,
+                   n_examples=n_examples)
     rel = res["rel_l2"]
     summary = dict(
         test_rel_l2_mean=float(res["rel_l2_sum"]) / res["count"],
         test_rel_l2_median=float(np.median(rel)),
         test_loss=float(res["loss_sum"]) / res["count"],
-        loss_style=params.get("loss_style", "sum"),
+        loss_func=loss.loss_func,
+        loss_style=loss.loss_style,
         n_test=int(res["count"]),
         grid=list(dataset.img_shape),
         weights=os.path.abspath(weights),

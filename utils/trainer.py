@@ -9,7 +9,7 @@ every file atomically):
   train_summary.json       written when training reaches max_epochs
 
 Loss scaling under DDP: the loss of a batch is the mean over its samples of a per-sample loss
-(see utils.inferencer), every rank has the same local batch B/W (training batches are full:
+(see utils.loss_utils), every rank has the same local batch B/W (training batches are full:
 drop_last), and DDP averages gradients over ranks, so W ranks with B/W samples each produce
 exactly the gradient of one process with batch B. `batch_size` is the global batch.
 
@@ -43,7 +43,9 @@ from utils.errors import CheckpointError, ConfigError, TrainingDiverged
 from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
 from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
                             load_pretrained, safe_torch_load)
-from utils.inferencer import autocast_context, batch_loss, evaluate, plot_examples
+from utils.config_schema import SCHEMA, param
+from utils.inferencer import autocast_context, evaluate, plot_examples
+from utils.loss_utils import TrainingLoss
 from utils.pretrained import write_card
 from utils.run_layout import RunLayout
 
@@ -106,14 +108,14 @@ def build_optimizer(params, model):
     """Optimizer from the config. Adam/AdamW use the fused kernel (one pass over the weights
     instead of several; 7x faster for the 67M-parameter FNO on CPU) when every parameter is a
     real floating tensor, which the fused kernel requires."""
-    name = params.get("optimizer", "adam")
-    lr = float(params.get("lr", 1e-3))
+    name = param(params, "optimizer")
+    lr = float(param(params, "lr"))
     fused = all(p.is_floating_point() for p in model.parameters())
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, fused=fused,
-                                 weight_decay=float(params.get("weight_decay", 0.01)))
+                                 weight_decay=float(param(params, "weight_decay")))
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     raise ConfigError(f"unknown optimizer '{name}' (expected adam, adamw or sgd)")
@@ -122,11 +124,11 @@ def build_optimizer(params, model):
 def build_scheduler(params, optimizer, epochs=None):
     """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default: `epochs`, the epochs
     the run trains, else max_epochs) or 'none'."""
-    name = params.get("scheduler", "none")
+    name = param(params, "scheduler")
     if name in (None, "none"):
         return None
     if name == "cosine":
-        t_max = params.get("max_cosine_lr_epochs") or epochs or params.get("max_epochs")
+        t_max = param(params, "max_cosine_lr_epochs") or epochs or param(params, "max_epochs")
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(t_max))
     raise ConfigError(f"unknown scheduler '{name}' (expected cosine or none)")
 
@@ -141,7 +143,7 @@ def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
 
 
 def _check_params(params):
-    for key in ("train_path", "val_path", "max_epochs", "batch_size", "in_dim"):
+    for key in (k for k, spec in SCHEMA.items() if spec.required == "train"):
         if params.get(key) is None:
             raise ConfigError(f"config '{params.config_name}' has no '{key}'")
     if params.get("scales_path") is None and params.get("scales") is None:
@@ -149,12 +151,10 @@ def _check_params(params):
                           f"only when 'pretrained' is a model that carries its scales)")
     if int(params.max_epochs) < 1:
         raise ConfigError(f"max_epochs must be >= 1, got {params.max_epochs}")
-    min_steps = params.get("min_steps", 0)
+    min_steps = params.min_steps
     if min_steps is not None and (isinstance(min_steps, bool) or not isinstance(min_steps, int)
                                   or min_steps < 0):
         raise ConfigError(f"min_steps must be an integer >= 0 (0 or null: off), got {min_steps!r}")
-    if params.get("loss_style", "sum") not in ("sum", "mean"):
-        raise ConfigError(f"loss_style must be 'sum' or 'mean', got '{params.loss_style}'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,11 +182,11 @@ class Trainer:
         self.world, self.rank, self.local_rank, self.device = setup_distributed()
         self.distributed = dist.is_initialized()
         self.is_root = self.rank == 0
-        self.loss_style = params.get("loss_style", "sum")
-        self.amp = bool(params.get("amp", False))
+        self.loss = TrainingLoss.from_params(params)
+        self.amp = bool(params.amp)
         self.max_epochs = int(params.max_epochs)
 
-        set_seed(int(params.get("seed", 0) or 0))
+        set_seed(int(params.seed or 0))
         self.train_loader, self.train_set, self.train_sampler = get_data_loader(
             params, params.train_path, self.distributed, train=True)
         self.val_loader, self.val_set, _ = get_data_loader(
@@ -195,7 +195,7 @@ class Trainer:
         self.global_batch = self.local_batch * self.world
         # optimizer steps per epoch (the same on every rank: DistributedSampler, drop_last)
         self.steps_per_epoch = len(self.train_loader)
-        self.max_epochs = epochs_for_steps(self.max_epochs, params.get("min_steps") or 0,
+        self.max_epochs = epochs_for_steps(self.max_epochs, params.min_steps or 0,
                                            self.steps_per_epoch)
         if self.max_epochs > int(params.max_epochs):
             logging.info("min_steps %d: %d epochs of %d steps instead of max_epochs %d",
@@ -204,7 +204,7 @@ class Trainer:
 
         self.raw_model = fno(params).to(self.device)  # the module whose state is saved
         # frozen before the optimizer and DDP see the model; re-applied on resume
-        self.frozen = freeze_parameters(self.raw_model, params.get("freeze"))
+        self.frozen = freeze_parameters(self.raw_model, params.freeze)
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         # what a user of the checkpoints needs (utils/pretrained.py); metrics added per save
         self.model_info = build_model_info(params)
@@ -222,15 +222,15 @@ class Trainer:
         self.resumed = os.path.isfile(self.ckpt_path)
         if self.resumed:
             self._restore(self.ckpt_path)
-        elif params.get("pretrained"):
+        elif params.pretrained:
             load_pretrained(self.raw_model, params.pretrained,  # weights only, fresh optimizer
-                            strict=bool(params.get("pretrained_strict", True)))
+                            strict=bool(params.pretrained_strict))
 
         model = self.raw_model
         if self.distributed:
             model = DistributedDataParallel(
                 model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
-        if params.get("compile", False):
+        if params.compile:
             model = torch.compile(model)
         self.model = model
         self._stop_signal = None
@@ -243,7 +243,7 @@ class Trainer:
                      "(%d ranks x %d), device %s%s", self.run_dir, self.n_params, len(self.train_set),
                      len(self.val_set), self.global_batch, self.world, self.local_batch, self.device,
                      f", resumed at epoch {self.epoch} step {self.step_in_epoch}" if self.resumed
-                     else (f", fine-tuning from {params.pretrained}" if params.get("pretrained") else ""))
+                     else (f", fine-tuning from {params.pretrained}" if params.pretrained else ""))
 
     # ---------------------------------------------------------------- checkpoints / run files
     def _checkpoint(self, step_in_epoch=0, partial=None):
@@ -267,7 +267,7 @@ class Trainer:
         """Rank 0 writes the checkpoint(s) after all ranks reached this point."""
         if self.distributed:
             dist.barrier()
-        if self.is_root and self.params.get("save_checkpoint", True):
+        if self.is_root and self.params.save_checkpoint:
             ckpt = self._checkpoint(step_in_epoch, partial)
             if is_best:  # best first: a crash in between only repeats this epoch on resume
                 torch_save_atomic(ckpt, self.best_path)
@@ -380,7 +380,7 @@ class Trainer:
             loss_sum += float(self.partial["loss_sum"])
             count = int(self.partial["count"])
         self.step_in_epoch, self.partial = 0, None
-        clip = self.params.get("grad_clip")
+        clip = self.params.grad_clip
         batches = self.train_loader
         if self.is_root and sys.stderr.isatty():
             from tqdm import tqdm
@@ -393,7 +393,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             with autocast_context(self.device, self.amp):
                 pred = self.model(x)
-            loss = batch_loss(pred, y, self.loss_style)
+            loss = self.loss(pred, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -432,7 +432,7 @@ class Trainer:
 
     def validate(self, n_examples=0):
         """Exact averages over every validation sample: (val_loss, val_rel_l2, examples)."""
-        res = evaluate(self.raw_model, self.val_loader, self.device, self.loss_style, self.amp,
+        res = evaluate(self.raw_model, self.val_loader, self.device, self.loss, self.amp,
                        n_examples=n_examples)
         sums = torch.stack([res["loss_sum"], res["rel_l2_sum"],
                             torch.tensor(float(res["count"]), dtype=torch.float64, device=self.device)])
@@ -454,7 +454,7 @@ class Trainer:
                     logging.warning("stopped by signal in epoch %d after %d iterations; "
                                     "checkpoint %s", epoch, self.iters, self.ckpt_path)
                     return dict(stopped=True, epoch=self.epoch, iters=self.iters)
-                want_fig = bool(wandb_run) and self.params.get("plot_figs", False)
+                want_fig = bool(wandb_run) and self.params.plot_figs
                 val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
                 if not math.isfinite(val_loss):
                     raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
@@ -489,7 +489,7 @@ class Trainer:
                            n_params=self.n_params, config=self.params.config_name,
                            global_batch_size=self.global_batch, world_size=self.world,
                            iters=self.iters, steps_per_epoch=self.steps_per_epoch,
-                           seed=int(self.params.get("seed", 0) or 0),
+                           seed=int(self.params.seed or 0),
                            subset_hash=self._subset_hash(), run_dir=self.run_dir)
             if self.is_root:
                 write_json_atomic(self.layout.train_summary, summary)
@@ -501,7 +501,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- W&B
     def _init_wandb(self):
-        if not (self.is_root and self.params.get("log_to_wandb", False)):
+        if not (self.is_root and self.params.log_to_wandb):
             return None
         import wandb
 
@@ -511,8 +511,8 @@ class Trainer:
         self._own_wandb_run = True
         os.makedirs(self.layout.wandb_dir, exist_ok=True)
         return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
-                          group=f"op_{self.params.config_name}", project=self.params.get("project"),
-                          entity=self.params.get("entity"), resume="allow")
+                          group=f"op_{self.params.config_name}", project=self.params.project,
+                          entity=self.params.entity, resume="allow")
 
     def _log_wandb(self, run, row, examples):
         logs = dict(row)

@@ -1,0 +1,146 @@
+"""THE config defaults: every key the code reads, with its default, type and allowed values.
+
+`utils/YParams.py` applies `defaults()` when a config is loaded, so code reads `params.lr`
+and never re-states a default; library functions that also accept plain dicts (tests,
+notebooks) read keys through `param(params, key)`, which falls back to the same table.
+A config file only needs the keys that differ from these defaults (and the data paths).
+
+`SCHEMA` is plain data, meant to be validated against: for each key a `Key` with
+    default   the value when the config does not give the key (None: none / derived, see doc)
+    types     the Python types a value may have (YAML-loaded); None is allowed iff nullable
+    choices   allowed values (strings), or None
+    min       smallest allowed number, or None
+    required  'train' when train.py needs the key (no default), else None
+    doc       one line
+`IGNORED` lists the published keys (configs of the original study) that the code accepts
+but does not read, with their published value and why nothing reads them.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional
+
+NUM = (int, float)
+PATHS = (str, list)     # a split may be a list of files (mixed physics)
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    types: tuple
+    doc: str
+    nullable: bool = False
+    choices: Optional[tuple] = None
+    min: Optional[float] = None
+    required: Optional[str] = None
+
+
+SCHEMA = {
+    # --- data (utils/data_utils.py, DESIGN.md sections 4-5)
+    "train_path": Key(None, PATHS, "train split file(s)", nullable=True, required="train"),
+    "val_path": Key(None, PATHS, "validation split file(s)", nullable=True, required="train"),
+    "test_path": Key(None, PATHS, "test split file(s) of eval.py (or --test_path)",
+                     nullable=True),
+    "scales_path": Key(None, (str,), "normalisation scales .npy (utils/get_scale.py); null only "
+                       "when `pretrained` is a model that carries its scales", nullable=True),
+    "scales": Key(None, (list,), "the scales as values (set from a pre-trained model's info); "
+                  "wins over scales_path", nullable=True),
+    "channel_layout": Key("native", (str,), "model input channels: the file's own "
+                          "coefficients, or the 7-channel mixed-physics layout",
+                          choices=("native", "mixed")),
+    "subsample": Key(1, (int,), "keep every k-th TRAINING sample (N // k samples; published)",
+                     min=1),
+    "n_train": Key(None, (int,), "a random subset of n TRAINING samples drawn with `seed` "
+                   "(nested in n); null: subsample", nullable=True, min=1),
+    "in_memory": Key(False, (bool,), "read the whole (subsampled) split into RAM once"),
+    "num_data_workers": Key(0, (int,), "DataLoader worker processes (0: main process)", min=0),
+    "batch_size": Key(None, (int,), "GLOBAL training batch (each of W ranks: batch_size // W)",
+                      nullable=True, min=1, required="train"),
+    "valid_batch_size": Key(None, (int,), "GLOBAL validation/test batch; null: batch_size "
+                            "(1 when neither is set)", nullable=True, min=1),
+    # --- model (models/fno.py, DESIGN.md section 6)
+    "in_dim": Key(None, (int,), "input channels: 1 source + coefficient channels",
+                  nullable=True, min=1, required="train"),
+    "out_dim": Key(1, (int,), "output channels", min=1),
+    "layers": Key(None, (list,), "widths: lift width + one per Fourier layer (L + 1)",
+                  nullable=True),
+    "width": Key(None, (int,), "one width for all layers when `layers` is not given",
+                 nullable=True, min=1),
+    "n_layers": Key(4, (int,), "Fourier layers when `width` is given and modes are ints", min=1),
+    "modes1": Key(None, (int, list), "Fourier modes along H (int or one per layer)",
+                  nullable=True),
+    "modes2": Key(None, (int, list), "Fourier modes along W (int or one per layer)",
+                  nullable=True),
+    "fc_dim": Key(128, (int,), "hidden width of the projection", min=1),
+    "mode_cut": Key(0, (int,), "> 0: all modes = mode_cut (published override)", min=0),
+    "embed_cut": Key(0, (int,), "> 0: all widths = embed_cut (published override)", min=0),
+    "fc_cut": Key(0, NUM, "> 0 with embed_cut: fc_dim = embed_cut * fc_cut", min=0),
+    "dropout": Key(0.0, NUM, "dropout probability in the projection", nullable=True, min=0),
+    "amp": Key(False, (bool,), "bf16 autocast on CUDA (FFTs stay float32)"),
+    "compile": Key(False, (bool,), "torch.compile the model"),
+    # --- optimisation (utils/trainer.py, utils/loss_utils.py)
+    "loss_func": Key("mse", (str,), "training loss: 'mse' squared error (published, shaped by "
+                     "loss_style), 'rel_l2' relative L2 of the FNO paper",
+                     choices=("mse", "rel_l2")),
+    "loss_style": Key("sum", (str,), "'mse' loss per sample: 'sum' (published) or 'mean' "
+                      "over pixels", choices=("sum", "mean")),
+    "optimizer": Key("adam", (str,), "optimizer", choices=("adam", "adamw", "sgd")),
+    "lr": Key(1e-3, NUM, "learning rate", min=0),
+    "weight_decay": Key(0.01, NUM, "AdamW weight decay", min=0),
+    "scheduler": Key("none", (str,), "per-epoch learning-rate schedule",
+                     nullable=True, choices=("cosine", "none")),
+    "max_epochs": Key(None, (int,), "epochs to train", nullable=True, min=1,
+                      required="train"),
+    "min_steps": Key(0, (int,), "at least this many optimizer steps; 0 or null: fixed epochs "
+                     "(published)", nullable=True, min=0),
+    "max_cosine_lr_epochs": Key(None, (int,), "cosine period in epochs; null: the epochs the "
+                                "run trains", nullable=True, min=1),
+    "grad_clip": Key(None, NUM, "max gradient 2-norm; null: no clipping", nullable=True,
+                     min=0),
+    "seed": Key(0, (int,), "model initialisation, epoch order, n_train subset", min=0),
+    # --- fine-tuning (utils/finetune.py)
+    "pretrained": Key(None, (str,), "weights to start from (the run's own checkpoint wins)",
+                      nullable=True),
+    "pretrained_strict": Key(True, (bool,), "false: load only the tensors that fit"),
+    "freeze": Key(None, (str, list), "a preset of utils.finetune.FREEZE_PRESETS or a list of "
+                  "parameter-name prefixes", nullable=True),
+    # --- run outputs, logging
+    "save_checkpoint": Key(True, (bool,), "write checkpoints (resume needs them)"),
+    "plot_figs": Key(False, (bool,), "log an example figure to W&B each epoch"),
+    "log_to_wandb": Key(False, (bool,), "log to Weights & Biases (WANDB_MODE is respected)"),
+    "entity": Key(None, (str,), "W&B entity", nullable=True),
+    "project": Key(None, (str,), "W&B project", nullable=True),
+}
+
+# published keys that nothing reads: accepted (with their published value), never used
+IGNORED = {
+    "model": ("fno", "the only model is the FNO (models/fno.py)"),
+    "system": (None, "the PDE is given by the data files, not the config"),
+    "Lx": (1.0, "the domain size used by the normalisation is the one in the scales file"),
+    "Ly": (1.0, "the domain size used by the normalisation is the one in the scales file"),
+    "nx": (128, "the grid is the data file's (the FNO is resolution-agnostic)"),
+    "ny": (128, "the grid is the data file's (the FNO is resolution-agnostic)"),
+    "log_to_screen": (True, "rank 0 always logs to stderr (utils/logging_utils.py)"),
+}
+
+
+def defaults():
+    """{key: default} applied at load: every SCHEMA key, and the IGNORED keys that have a
+    published value (so a loaded config lists every key as the published configs did)."""
+    out = {k: spec.default for k, spec in SCHEMA.items()}
+    out.update({k: v for k, (v, _) in IGNORED.items() if v is not None})
+    return out
+
+
+def param(params, key):
+    """`key` of a params object (YParams, dict, or any object with attributes), or its
+    SCHEMA default when the object does not have it."""
+    if isinstance(params, dict):
+        if key in params:
+            return params[key]
+    elif hasattr(params, "keys") and key in params.keys():
+        return params[key]
+    else:
+        try:
+            return getattr(params, key)
+        except (AttributeError, KeyError):
+            pass
+    return SCHEMA[key].default
