@@ -77,9 +77,6 @@ def main(argv=None):
         raise DataError(f"{args.out} exists (pass --overwrite to replace it)")
     if os.path.exists(args.out) and os.path.samefile(args.out, args.input):
         raise DataError("--out must not be the --input file")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise DataError(f"output directory does not exist: {out_dir}")
     model = load_pretrained(args.weights, device=args.device)
     with SplitFile(args.input, "input file", need_tensor=True, need_solution=False) as sf:
         n, grid, has_solution = sf.n_samples, sf.shape, sf.has_solution
@@ -87,6 +84,7 @@ def main(argv=None):
         warn_if_shifted(model, args.input, sf.h5)
         logging.info("%s: %d samples on a %dx%d grid (%s); %r", args.input, n, *grid, pde, model)
         rel = np.empty(n, np.float64) if has_solution else None
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as out:
             pred_ds = out.create_dataset("prediction", (n, *grid), dtype="<f4",
                                          chunks=(1, *grid))
