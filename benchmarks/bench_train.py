@@ -389,10 +389,8 @@ def main(argv=None):
                         samples_per_s=sps, vs_training=sps / consumption)
         print_report(args, out, train_name)
         if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(out, f, indent=2)
-            os.replace(tmp, args.json)
+            from utils.fileio import write_json_atomic
+            write_json_atomic(args.json, out)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -68,7 +68,8 @@ import numpy as np
 from scipy import optimize, stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.errors import UserError  # noqa: E402
+from utils.cli import cli  # noqa: E402
+from utils.errors import AnalysisError  # noqa: E402
 from utils.fileio import savefig_atomic, write_csv_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,6 @@ CONF = 0.95                      # confidence level of every interval
 FLOOR_P = 0.05                   # F-test level at which a floor c is kept
 CI_KIND = "95% t-interval over seeds"
 NAN = math.nan
-
-
-class AnalysisError(UserError):
-    """A user mistake in the analysis inputs (reported as one line)."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -781,6 +778,7 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
             "effective": eff, "lines": lines, "files": files}
 
 
+@cli(level=logging.WARNING)
 def main(argv=None):
     p = argparse.ArgumentParser(description="Scaling-study figures from sweep results tables.")
     p.add_argument("results", nargs="+",
@@ -799,16 +797,11 @@ def main(argv=None):
     p.add_argument("--fit_min_n", type=int, default=0,
                    help="fit the power laws only on sizes n_train >= this (default: all)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     targets = args.target or [1e-2]
-    try:
-        if any(not (t > 0) for t in targets):
-            raise AnalysisError("--target must be > 0")
-        res = analyse(args.results, args.out_dir, args.prefix, targets, args.zero_shot,
-                      args.title, args.finetune, args.scratch, args.panel_col, args.fit_min_n)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if any(not (t > 0) for t in targets):
+        raise AnalysisError("--target must be > 0")
+    res = analyse(args.results, args.out_dir, args.prefix, targets, args.zero_shot,
+                  args.title, args.finetune, args.scratch, args.panel_col, args.fit_min_n)
     for s in res["selected"]:
         ci = (f" [{s['test_ci_low']:.4f}, {s['test_ci_high']:.4f}]"
               if math.isfinite(s["test_ci_low"]) else "")
