@@ -5,8 +5,9 @@
     torchrun --standalone --nproc_per_node=4 train.py ...   (same arguments)
 
 Writes {root_dir}/expts/{config}/{run_num}/ (see utils/trainer.py); an existing checkpoint of
-the run is resumed. Exit status: 0 done or stopped by SIGTERM/SIGUSR1 with a checkpoint,
-2 user error (one line on stderr), 1 diverged training (NaN/inf loss).
+the run is resumed. Exit status: 0 done or stopped by SIGTERM/SIGUSR1/SIGINT with a
+checkpoint, 1 diverged training (NaN/inf loss), 2 user error (one line on stderr), 3 a write
+failed (full disk, quota, I/O error; the previous files are intact).
 """
 import argparse
 import logging

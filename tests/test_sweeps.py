@@ -473,3 +473,74 @@ def test_wandb_agent_failure_is_one_line_error(tmp_path):
     with pytest.raises(SweepError, match=r"ran no trial: RuntimeError: No API key configured\.$"):
         sweeps.run_wandb_trial("x", str(tmp_path), lambda s, d: None, rank=0, agent=bad_agent,
                                init=object)
+
+
+# ----------------------------------------------------------------------------- lifecycle (issue 8)
+SLEEPY_TRAIN = r'''
+import os, sys, time
+open(os.environ["PID_FILE"], "w").write(str(os.getpid()))
+time.sleep(60)
+'''
+
+RUNNER = r'''
+import sys
+sys.path.insert(0, {repo!r})
+from utils import sweeps
+cfg = sweeps.load_sweep(sys.argv[1])
+sweeps.LocalSweep(cfg, sys.argv[2], "base", sys.argv[3], repo_root=sys.argv[4]).run()
+'''
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_trials_die_with_a_killed_runner(fake_repo, tmp_path):
+    """kill -9 of the runner ends its running train.py too (SIGTERM from the kernel)."""
+    import signal
+    import time
+
+    (fake_repo / "train.py").write_text(SLEEPY_TRAIN)
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format(repo=REPO))
+    pid_file = tmp_path / "child.pid"
+    runner = subprocess.Popen([sys.executable, str(script), str(fake_repo / "sweep.yaml"),
+                               str(fake_repo / "ops.yaml"), str(tmp_path / "res"), str(fake_repo)],
+                              env=dict(os.environ, PID_FILE=str(pid_file)),
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    deadline = time.time() + 20
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "train.py outlived its killed runner"
+
+
+def test_runner_never_starts_a_second_trainer_on_a_busy_trial(fake_repo, tmp_path, monkeypatch):
+    """A trial whose run directory is still held (a trainer of an earlier runner) is not
+    started again."""
+    from utils.run_guard import DirLock
+
+    cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+    sweep = LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", str(tmp_path / "res"),
+                       sets=["epochs=2"], repo_root=str(fake_repo))
+    monkeypatch.setattr(sweeps, "ORPHAN_WAIT_S", 0.3)
+    with DirLock(sweep.run_dir("lr1em4_s1")):
+        path, failed = sweep.run()
+    assert failed == ["lr1em4_s1"]
+    calls = _calls(str(tmp_path / "res"))
+    assert ["train.py", "lr1em4_s1"] not in calls and len(calls) == 6

@@ -178,7 +178,8 @@ def test_finetune_loading_and_precedence(cfg, tmp_path):
     ft.fit()
     own = load(tmp_path / "ft/checkpoints/ckpt.tar")
     # the run's own checkpoint wins over `pretrained` (a preempted fine-tune resumes)
-    again = make(cfg, tmp_path / "ft", max_epochs=2, pretrained=str(tmp_path / "pre/checkpoints/ckpt.tar"))
+    again = make(cfg, tmp_path / "ft", max_epochs=2, lr=1e-4,
+                 pretrained=str(tmp_path / "pre/checkpoints/ckpt.tar"))
     assert again.epoch == 1
     assert_same_state(own["model_state"], again.raw_model.state_dict())
 

@@ -36,6 +36,7 @@ normalisation `normalize_inputs` takes any (B, k) coefficient array and a scales
 import hashlib
 import logging
 import os
+import signal
 from itertools import islice
 
 import numpy as np
@@ -82,6 +83,8 @@ def check_scales(scales, n_tensor, what="scales"):
                         f"coefficient columns")
     if not np.all(np.isfinite(scales)):
         raise DataError(f"{what} holds non-finite values: {scales.tolist()}")
+    if np.any(scales < 0):   # a negative scale would flip the inputs' signs
+        raise DataError(f"{what} holds negative values: {scales.tolist()}")
     return np.where(scales == 0, 1.0, scales)
 
 
@@ -367,6 +370,11 @@ def _reference_shape(params, own_shape):
     return own_shape
 
 
+def _ignore_sigint(worker_id):
+    """Loader workers leave Ctrl-C to the trainer (it checkpoints and stops the loader)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _batch_collate(batch):
     """The dataset already returns a collated batch."""
     return batch
@@ -455,6 +463,7 @@ def get_data_loader(params, location, distributed, train=True):
     workers = int(param(params, "num_data_workers"))
     loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=train,
                         num_workers=workers, collate_fn=_batch_collate,
+                        worker_init_fn=_ignore_sigint if workers > 0 else None,
                         pin_memory=torch.cuda.is_available(),
                         persistent_workers=workers > 0)
     return loader, dataset, sampler

@@ -61,5 +61,12 @@ class TrainingDiverged(RuntimeError):
     exit_code = 1
 
 
+class StorageError(Exception):
+    """A write failed: full disk, quota, file-size limit, I/O error. Not the user's input:
+    CLI exit status 3; the files written before are intact (atomic writes)."""
+
+    exit_code = 3
+
+
 # what a CLI reports as one line (utils/cli.py)
-REPORTED = (UserError, TrainingDiverged)
+REPORTED = (UserError, TrainingDiverged, StorageError)

@@ -12,6 +12,11 @@ interrupted or failing write leaves the old file intact and no temporary behind.
 The temporary name keeps the destination's extension (np.save / savefig / h5py pick the
 format from it) and is unique per process and call (threads of a sweep runner may write at
 once).
+
+A write that fails for lack of room or an I/O error (full disk, quota, file-size limit,
+read-only file system) raises `utils.errors.StorageError` ("cannot write PATH: No space left
+on device"), which every CLI reports as one line with exit status 3 (`writing` does the same
+for writes that are not atomic, e.g. an append).
 """
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
+
+from utils.errors import StorageError
 
 
 def _fsync_file(path):
@@ -45,6 +53,35 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def describe_os_error(e) -> str:
+    """Short reason of a failed write: the errno text ('No space left on device'), also for
+    the RuntimeErrors of torch.save and h5py that carry the errno in their message."""
+    code = getattr(e, "errno", None)
+    if not code:
+        m = re.search(r"errno = (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    return os.strerror(code) if code else (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_write_error(e) -> bool:
+    """OSError, or the RuntimeError that torch.save / h5py raise when a write fails."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("write" in text or "errno" in text)
+
+
+@contextlib.contextmanager
+def writing(path, note=""):
+    """Turn a failed write of `path` inside the block into StorageError (exit status 3)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not _is_write_error(e):
+            raise
+        raise StorageError(f"cannot write {path}: {describe_os_error(e)}{note}") from e
+
+
 def temp_path_for(path) -> str:
     """A fresh hidden name beside `path` with the same extension."""
     d, base = os.path.split(os.path.abspath(os.fspath(path)))
@@ -59,9 +96,10 @@ def atomic_path(path):
     path = os.fspath(path)
     tmp = temp_path_for(path)
     try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        with writing(path, "; nothing was replaced"):
+            yield tmp
+            _fsync_file(tmp)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

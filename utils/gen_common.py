@@ -32,6 +32,9 @@ import logging
 import math
 import multiprocessing
 import os
+import re
+import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +47,7 @@ from utils.cli import run_cli
 from utils.errors import DataError
 from utils.h5io import SplitWriter, dataset_path, range_tag, SPLITS
 from utils.malloc_tuning import configure_malloc
+from utils.run_guard import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ RATIO_RTOL = 1e-3           # AD: achieved ratio vs target, relative
 HELMHOLTZ_MAX_U = 2.0       # Helmholtz: redraw while max|u| exceeds this
 HELMHOLTZ_MAX_ATTEMPTS = 1000
 MIN_N = 32
+MAX_N = 16384               # one sample (2 n^2 float32) must fit an HDF5 chunk (< 4 GiB)
+MAX_SEED = 2 ** 63 - 1      # stored as an int64 attribute
+WORK_BYTES_PER_POINT = 8 * 24   # a worker's float64/complex work arrays per grid point of a block
 
 # Per PDE: the coefficient-range flags, their type and defaults, tensor width, 'other' data.
 PDE_SPECS = {
@@ -314,8 +321,13 @@ def _slot_arrays(raw, shapes):
                  for r, s in zip(raw, shapes))
 
 
-def _init_worker(raw, shapes):
+def _init_worker(raw, shapes, parent_pid):
     global _SLOTS
+    # a worker ends with its parent (even on kill -9 of the parent) and leaves Ctrl-C and
+    # SIGTERM to it: the parent stops the pool and removes its temporary file
+    die_with_parent(signal.SIGKILL, parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _SLOTS = _slot_arrays(raw, shapes)
     configure_malloc()
 
@@ -359,7 +371,8 @@ class WorkerPool:
         ctx = (multiprocessing.get_context("fork")
                if "fork" in multiprocessing.get_all_start_methods() else None)
         self.ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                      initializer=_init_worker, initargs=(raw, shapes))
+                                      initializer=_init_worker,
+                                      initargs=(raw, shapes, os.getpid()))
 
     def __enter__(self):
         return self
@@ -500,8 +513,15 @@ def validate(pde: str, args) -> GenConfig:
     if args.chunk_size < BLOCK or args.chunk_size % BLOCK:
         raise DataError(f"--chunk_size must be a positive multiple of {BLOCK} "
                         f"(got {args.chunk_size})")
-    if args.seed < 0:
-        raise DataError(f"--seed must be >= 0 (got {args.seed})")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise DataError(f"--seed must be in [0, 2**63 - 1] (got {args.seed})")
+    if args.n > MAX_N:
+        raise DataError(f"--n must be <= {MAX_N} (got {args.n})")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.workers > max(cpus or 1, 1):
+        log.warning("--workers %d > %d CPUs: using %d (the files do not depend on it)",
+                    args.workers, cpus, cpus)
+        args.workers = cpus
     if not os.path.isdir(args.datapath):
         raise DataError(f"--datapath {args.datapath} is not an existing directory")
     if not os.access(args.datapath, os.W_OK | os.X_OK):
@@ -511,13 +531,75 @@ def validate(pde: str, args) -> GenConfig:
             path = dataset_path(args.datapath, pde, split, lo, hi)
             if os.path.exists(path):
                 raise DataError(f"{path} exists (pass --overwrite to replace it)")
+    check_resources(args, spec)
     return GenConfig(pde=pde, n=args.n, ng=args.ng, sparse=bool(args.sparse),
                      lo=float(lo), hi=float(hi))
+
+
+def _gb(nbytes):
+    return f"{nbytes / 1e9:.3g} GB"
+
+
+def _mem_available():
+    """Bytes of memory available to new allocations (Linux MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_resources(args, spec):
+    """DataError before any work if the three files cannot fit the free disk space of
+    --datapath, or the workers' buffers the available memory."""
+    per_sample = 4 * (2 * args.n * args.n + spec["k"] + (1 if spec["other"] else 0))
+    need = per_sample * (args.ntrain + args.nval + args.ntest) * 1.01 + 2 ** 20
+    free = shutil.disk_usage(args.datapath).free
+    if need > free:
+        raise DataError(f"the three splits need {_gb(need)} in {args.datapath}, only "
+                        f"{_gb(free)} free")
+    slots = 2 * args.workers if args.workers > 1 else 1
+    memory = (slots * args.chunk_size * per_sample
+              + args.workers * BLOCK * args.n * args.n * WORK_BYTES_PER_POINT)
+    avail = _mem_available()
+    if avail is not None and memory > avail:
+        raise DataError(f"--n {args.n} with --workers {args.workers} --chunk_size "
+                        f"{args.chunk_size} needs about {_gb(memory)} of memory, "
+                        f"{_gb(avail)} available")
+
+
+def remove_stale_temporaries(path):
+    """Remove temporary files of `path` left by a generator that died (kill -9, power loss):
+    `.{name}.{pid}-{hex}.tmp.h5` beside it whose process no longer runs."""
+    d, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(f".{base}.") + r"(\d+)-[0-9a-f]+\.tmp\.h5")
+    for name in os.listdir(d):
+        m = pattern.fullmatch(name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue                       # its generator still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        os.remove(os.path.join(d, name))
+        log.info("removed %s (left by an interrupted run)", os.path.join(d, name))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run(pde: str, args) -> dict:
     """Generate the three splits; returns {split: path}."""
     cfg = validate(pde, args)
+    for split in SPLITS:
+        remove_stale_temporaries(dataset_path(args.datapath, pde, split, cfg.lo, cfg.hi))
     log.info("%s: %s", pde, {k: v for k, v in vars(args).items()})
     out = {}
     spec = PDE_SPECS[pde]
@@ -539,5 +621,6 @@ def main(pde: str, argv=None) -> None:
     def body(argv):
         args = build_parser(pde).parse_args(argv)
         configure_malloc()
+        signal.signal(signal.SIGTERM, _raise_interrupt)   # SIGTERM cleans up like Ctrl-C
         run(pde, args)
     run_cli(body, argv, interrupted="interrupted (no partial file was left)")

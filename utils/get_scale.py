@@ -39,6 +39,8 @@ def sample_stats(split: SplitFile):
     """
     fields = split.h5["fields"]
     N = split.n_samples
+    if N == 0:
+        raise DataError(f"{split.path} holds no samples")
     src_norm, sol_max = np.empty(N), np.empty(N)
     for s in range(0, N, READ_CHUNK):
         block = fields[s:s + READ_CHUNK].astype(np.float64)
@@ -51,6 +53,10 @@ def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndar
     """Scales (k + 4,) float64 of the train file at train_path (read in slices, float64 math)."""
     with open_train_split(train_path) as split:
         (ny, nx), src_norm, sol_max, tensor = sample_stats(split)
+    bad = ~(np.isfinite(src_norm) & np.isfinite(sol_max) & np.isfinite(tensor).all(axis=1))
+    if bad.any():   # NaN would propagate into every scale and switch normalisation off
+        raise DataError(f"{train_path}: {int(bad.sum())} of {len(bad)} samples hold NaN or "
+                        f"inf (first: sample {int(np.flatnonzero(bad)[0])}); no scales written")
     source_scale = np.median(src_norm) * (Lx / nx) * (Ly / ny)
     return np.concatenate([[source_scale], np.median(np.abs(tensor), axis=0),
                            [np.median(sol_max)], [Lx, Ly]])

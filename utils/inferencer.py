@@ -111,8 +111,18 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     from utils.finetune import load_pretrained
     from utils.pretrained import record_test_result, scales_from_weights
 
+    from utils.fileio import describe_os_error
+
     if not os.path.isfile(weights):
         raise EvalError(f"weights file not found: {weights}")
+    try:   # before the evaluation: an unwritable output folder is found at once
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise EvalError(f"cannot write to the output folder {out_dir}: "
+                        f"{describe_os_error(e)}") from None
     scales_from_weights(params, weights)
     if device is None:
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -18,6 +18,7 @@ import signal
 import sys
 
 from utils.errors import UserError
+from utils.fileio import describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,12 @@ class DirLock:
     def acquire(self):
         import fcntl
 
-        os.makedirs(self.path, exist_ok=True)
-        f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            f = open(os.path.join(self.path, LOCK_NAME), "a+")
+        except OSError as e:
+            raise UserError(f"cannot write in {self.what} {self.path}: "
+                            f"{describe_os_error(e)}") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -100,18 +105,42 @@ class DirLock:
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl = []   # libc's prctl, resolved once in the parent (no dlopen between fork and exec)
+
+
+def _libc_prctl():
+    if not _prctl and sys.platform.startswith("linux"):
+        try:
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):
+            _prctl.append(None)
+    return _prctl[0] if _prctl else None
 
 
 def die_with_parent(sig=signal.SIGKILL, parent_pid=None):
     """Ask the kernel to send `sig` to this process when its parent dies (Linux; no-op
-    elsewhere). Call in the child (subprocess preexec_fn, a pool initializer). If the parent
-    `parent_pid` is already gone (it died before the call), exit at once."""
-    if not sys.platform.startswith("linux"):
+    elsewhere: there children may outlive a killed parent). Call in the child (a pool
+    initializer). If the parent `parent_pid` is already gone (it died before the call),
+    exit at once."""
+    prctl = _libc_prctl()
+    if prctl is None:
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):   # no prctl: children may outlive the parent
-        return
+    prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
+
+
+def child_of_this_process(sig=signal.SIGTERM):
+    """A subprocess `preexec_fn` that makes the child get `sig` when this process dies.
+
+    The death signal is kept across exec; only async-signal-safe work happens in the child
+    (prctl, getppid, _exit), which makes it usable from threads too."""
+    prctl, parent = _libc_prctl(), os.getpid()
+    if prctl is None:
+        return None
+
+    def preexec():
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec

@@ -52,9 +52,11 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,6 +68,7 @@ if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.p
 from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
 from utils.fileio import write_text_atomic  # noqa: E402
+from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 from utils.YParams import load_yaml, read_yaml  # noqa: E402
 
@@ -75,6 +78,7 @@ SWEEP_METHODS = ("grid", "random", "bayes")
 NAME_ABBREV = {"lr": "lr", "subsample": "s", "n_train": "n", "seed": "seed"}
 NAME_FIRST = ("lr", "subsample", "n_train", "seed")
 EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses the whole test set
+ORPHAN_WAIT_S = 120   # how long a trial waits for a run directory another process still holds
 # columns of results.csv after the trial's settings (and before any --tag columns); a column
 # that is also a setting (n_train, seed) appears once, with the value the run reported
 RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
@@ -374,6 +378,8 @@ class LocalSweep:
             raise SweepError(f"--set {sorted(clash)} clashes with the sweep's own parameters")
         self._check_config()
         self._lock = threading.Lock()
+        self._children = set()   # running train.py / eval.py processes
+        self.stopped = None      # the signal that stopped the sweep
 
     # -- checks and layout
     def _check_config(self):
@@ -452,26 +458,81 @@ class LocalSweep:
         return train, evalc
 
     def _run_logged(self, cmd, log_path):
+        """Run `cmd` with output to `log_path`; returns its exit status (None: not started,
+        the sweep is stopping).
+
+        The child gets its own session (a terminal's Ctrl-C reaches the runner only, which
+        forwards SIGTERM, see `stop`) and SIGTERM from the kernel if the runner dies, even by
+        kill -9 (train.py then checkpoints and exits): no trial outlives its runner."""
+        preexec = child_of_this_process(signal.SIGTERM)
         with open(log_path, "a") as log:
             log.write("$ " + shlex.join(cmd) + "\n")
             log.flush()
-            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.repo_root,
-                                  env=self._cmd_env()).returncode
+            with self._lock:
+                if self.stopped:
+                    return None
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=self.repo_root, env=self._cmd_env(),
+                                        start_new_session=True, preexec_fn=preexec)
+                self._children.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                with self._lock:
+                    self._children.discard(proc)
+
+    def stop(self, signum=signal.SIGTERM, frame=None):
+        """Start no further trial and ask the running ones to checkpoint and exit (SIGTERM)."""
+        with self._lock:
+            self.stopped = signum
+            children = list(self._children)
+        logger.warning("sweep %s: signal %d, stopping %d running trial(s) (they checkpoint; "
+                       "rerun the same command to resume)", self.sweep_name, signum, len(children))
+        for proc in children:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _wait_for_run_dir(self, name):
+        """False if another process holds the trial's run directory for ORPHAN_WAIT_S: e.g.
+        the trainer of an earlier runner killed with -9, still writing its last checkpoint."""
+        lock = DirLock(self.run_dir(name))
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        if lock.held_elsewhere():
+            logger.warning("trial %s: run directory in use by another process, waiting up to "
+                           "%g s", name, ORPHAN_WAIT_S)
+        while lock.held_elsewhere():
+            if time.monotonic() > deadline or self.stopped:
+                return False
+            time.sleep(0.2)
+        return True
 
     def run_trial(self, name, settings):
-        """Train (unless already trained) then evaluate one trial; return True on success."""
+        """Train (unless already trained) then evaluate one trial; return True on success
+        (None: stopped by a signal before it finished)."""
         train_summary, ckpt, _ = self.summary_paths(name)
         train_cmd, eval_cmd = self._commands(name, settings)
         logs = os.path.join(self.sweep_dir, "logs")
         if not (os.path.isfile(train_summary) and os.path.isfile(ckpt)):
+            if not self._wait_for_run_dir(name):
+                if self.stopped:
+                    return None
+                logger.error("trial %s: its run directory %s is in use by another process",
+                             name, self.run_dir(name))
+                return False
             logger.info("trial %s: training %s", name, settings)
             rc = self._run_logged(train_cmd, os.path.join(logs, f"{name}.train.log"))
-            if rc != 0 or not os.path.isfile(ckpt):
-                logger.error("trial %s: train.py failed (exit %d), see %s", name, rc,
+            if self.stopped and not os.path.isfile(train_summary):
+                return None      # the trainer checkpointed; a rerun resumes it
+            if rc != 0 or not os.path.isfile(ckpt) or not os.path.isfile(train_summary):
+                logger.error("trial %s: train.py failed (exit %s), see %s", name, rc,
                              os.path.join(logs, f"{name}.train.log"))
                 return False
         logger.info("trial %s: evaluating %s", name, ckpt)
         rc = self._run_logged(eval_cmd, os.path.join(logs, f"{name}.eval.log"))
+        if self.stopped and not self.is_done(name):
+            return None
         if rc != 0 or not self.is_done(name):
             logger.error("trial %s: eval.py failed (exit %d), see %s", name, rc,
                          os.path.join(logs, f"{name}.eval.log"))
@@ -532,6 +593,8 @@ class LocalSweep:
         busy = []
 
         def one(settings, wait=False):
+            if self.stopped:
+                return
             name = trial_name(settings)
             with self._trial_lock(name, wait) as mine:
                 if not mine:
@@ -540,7 +603,7 @@ class LocalSweep:
                     return
                 ok = self.is_done(name) or self.trial_fn(name, settings)
             with self._lock:
-                if not ok:
+                if ok is False:
                     failed.add(name)
             self.write_results(all_trials, failed)
 
@@ -553,7 +616,7 @@ class LocalSweep:
                     list(pool.map(lambda s: one(s, wait), items))
 
         run_all(todo, False)
-        if busy:
+        if busy and not self.stopped:
             logger.info("sweep %s: waiting for %d trial(s) that another runner is running: %s",
                         self.sweep_name, len(busy), " ".join(trial_name(s) for s in busy))
             run_all(list(busy), True)
@@ -573,7 +636,20 @@ class LocalSweep:
                              f"{self.config!r} and --set {fixed['sets']}; give it another --name")
 
     def run(self):
-        """Run every trial not yet done; return (results.csv path, names of failed trials)."""
+        """Run every trial not yet done; return (results.csv path, names of failed trials).
+
+        SIGTERM / SIGINT stop the sweep (`stop`); `self.stopped` is then the signal."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self.stop)
+        try:
+            return self._run()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _run(self):
         os.makedirs(os.path.join(self.sweep_dir, "logs"), exist_ok=True)
         self._check_fixed_settings()
         failed = set()
@@ -588,7 +664,7 @@ class LocalSweep:
                         self.jobs)
             self.write_results(trials)
             self._run_batch(todo, trials, failed)
-            if self.extend_lr:
+            if self.extend_lr and not self.stopped:
                 trials = self._extend_lr_grid(trials, failed)
         else:
             # propose in batches of `jobs` so that bayes sees the finished trials; the
@@ -607,7 +683,7 @@ class LocalSweep:
                     trials += new
                     write_text_atomic(self._trials_file(), json.dumps(trials, indent=1))
                     continue
-                if not todo:
+                if not todo or self.stopped:
                     break
                 self._run_batch(todo, trials, failed)
         path = self.write_results(trials, failed)
@@ -675,7 +751,7 @@ class LocalSweep:
                         if trial_name(t) not in names:
                             names.add(trial_name(t))
                             new.append(t)
-            if not new:
+            if not new or self.stopped:
                 break
             logger.info("sweep %s: learning-rate choice at the grid's edge; %d more trials: %s",
                         self.sweep_name, len(new), " ".join(trial_name(t) for t in new))
@@ -732,6 +808,9 @@ def main(argv=None):
                        extend_lr=args.extend_lr)
     path, failed = sweep.run()
     print(path)
+    if sweep.stopped:
+        report(f"stopped by signal {sweep.stopped}; the running trials checkpointed, rerun the "
+               f"same command to resume", 128 + sweep.stopped)
     if failed:
         report(f"{len(failed)} trial(s) failed: {' '.join(failed)}", 1)
 

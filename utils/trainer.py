@@ -39,15 +39,19 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.data_utils import get_data_loader
-from utils.errors import CheckpointError, ConfigError, TrainingDiverged
-from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic
+from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
+                          TrainingDiverged, UserError)
+from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic, writing
 from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
                             load_pretrained, safe_torch_load)
 from utils.config_schema import SCHEMA, param
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
 from utils.pretrained import write_card
+from utils.run_guard import DirLock
 from utils.run_layout import RunLayout
+
+WANDB_INIT_TIMEOUT_S = 10   # seconds W&B may take to reach its server before going offline
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +146,46 @@ def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
     return max(int(max_epochs), -(-int(min_steps) // max(1, int(steps_per_epoch))))
 
 
+# Keys that may differ between a run's checkpoint and the config it is resumed with: they
+# change how the run is executed or logged, not what it computes. max_epochs (and
+# max_cosine_lr_epochs) may change too: the cosine schedule then follows the new period from
+# the current epoch (`adapt_cosine_period`). Any other difference refuses the resume.
+RESUME_SAFE_KEYS = ("max_epochs", "max_cosine_lr_epochs", "num_data_workers", "valid_batch_size",
+                    "log_to_wandb", "plot_figs", "entity", "project", "in_memory", "compile",
+                    "save_checkpoint", "pretrained", "pretrained_strict")
+
+
+def config_differences(old, new, safe=RESUME_SAFE_KEYS):
+    """['key: old -> new', ...] for the keys of two config dicts that differ, except `safe`."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        if key in safe:
+            continue
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def adapt_cosine_period(scheduler, optimizer, t_max):
+    """Give a restored CosineAnnealingLR the period `t_max` (a resume with another
+    max_epochs): the learning rate becomes the cosine of the new period at the current epoch,
+    eta_min + (base - eta_min) (1 + cos(pi e / t_max)) / 2, and continues on it, so the
+    remaining epochs run at the rates a run started with t_max would use."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) \
+            or scheduler.T_max == t_max:
+        return
+    e = scheduler.last_epoch
+    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * e / t_max)) / 2
+           for base in scheduler.base_lrs]
+    logging.info("cosine period %d -> %d epochs: lr %.4g at epoch %d", scheduler.T_max, t_max,
+                 lrs[0], e)
+    scheduler.T_max = t_max
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def _check_params(params):
     for key in (k for k, spec in SCHEMA.items() if spec.required == "train"):
         if params.get(key) is None:
@@ -164,6 +208,14 @@ class Trainer:
     """Train `fno(params)` into `run_dir`; `fit()` runs to max_epochs or until a signal."""
 
     def __init__(self, params, run_dir, run_name=None):
+        self._lock = None
+        try:
+            self._build(params, run_dir, run_name)
+        except BaseException:
+            self.close()   # a failed start must not keep the run directory locked
+            raise
+
+    def _build(self, params, run_dir, run_name):
         from models.fno import fno
         from utils.pretrained import build_model_info, scales_from_weights
 
@@ -182,6 +234,7 @@ class Trainer:
         self.world, self.rank, self.local_rank, self.device = setup_distributed()
         self.distributed = dist.is_initialized()
         self.is_root = self.rank == 0
+        self._lock = self._lock_run_dir()   # before anything of the run is read or written
         self.loss = TrainingLoss.from_params(params)
         self.amp = bool(params.amp)
         self.max_epochs = int(params.max_epochs)
@@ -234,11 +287,12 @@ class Trainer:
             model = torch.compile(model)
         self.model = model
         self._stop_signal = None
-        if self.is_root:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
+        def prepare():
+            with writing(self.ckpt_dir):
+                os.makedirs(self.ckpt_dir, exist_ok=True)
             self._write_hyperparams()
-            if self.resumed:
-                self._truncate_metrics()
+            self._truncate_metrics()
+        self._on_root(prepare, "prepare the run directory")
         logging.info("run %s: %d parameters, %d train / %d val samples, global batch %d "
                      "(%d ranks x %d), device %s%s", self.run_dir, self.n_params, len(self.train_set),
                      len(self.val_set), self.global_batch, self.world, self.local_batch, self.device,
@@ -246,6 +300,30 @@ class Trainer:
                      else (f", fine-tuning from {params.pretrained}" if params.pretrained else ""))
 
     # ---------------------------------------------------------------- checkpoints / run files
+    def _lock_run_dir(self):
+        """Rank 0 takes the run directory's lock (held until `close`/process exit); every rank
+        raises UserError if it is held by another process (one run per directory)."""
+        lock, error = None, None
+        if self.is_root:
+            try:
+                lock = DirLock(self.run_dir, "run directory").acquire()
+            except UserError as e:
+                error = e
+        if self.distributed:
+            failed = torch.tensor([float(error is not None)], device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                error = UserError(f"run directory {self.run_dir} is in use by another process")
+        if error is not None:
+            raise error
+        return lock
+
+    def close(self):
+        """Release the run directory (fit() does this when it returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def _checkpoint(self, step_in_epoch=0, partial=None):
         return dict(
             model_state=clean_state_dict(self.raw_model.state_dict()),
@@ -263,10 +341,12 @@ class Trainer:
                        val_loss=val[0] if val else None, val_rel_l2=val[1] if val else None)
         return dict(self.model_info, metrics=metrics)
 
-    def _save(self, is_best=False, step_in_epoch=0, partial=None):
-        """Rank 0 writes the checkpoint(s) after all ranks reached this point."""
+    def _save(self, is_best=False, step_in_epoch=0, partial=None, row=None):
+        """Rank 0 appends the metrics `row` and writes the checkpoint(s) after all ranks
+        reached this point; a failed write (full disk) raises StorageError on every rank."""
         if self.distributed:
             dist.barrier()
+        self._lock = self._lock_run_dir()   # before anything of the run is read or written
         if self.is_root and self.params.save_checkpoint:
             ckpt = self._checkpoint(step_in_epoch, partial)
             if is_best:  # best first: a crash in between only repeats this epoch on resume
@@ -275,7 +355,13 @@ class Trainer:
                            os.path.basename(self.best_path))
             torch_save_atomic(ckpt, self.ckpt_path)
         if self.distributed:
-            dist.barrier()
+            failed = torch.tensor([float(error is not None)], device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                error = StorageError(f"rank 0 could not {what}")
+        if error is not None:
+            raise error
+
 
     def _restore(self, path):
         try:
@@ -287,6 +373,16 @@ class Trainer:
         except Exception as e:
             raise CheckpointError(f"cannot resume from {path}: {describe_load_error(e)}; move it "
                                   f"away to start this run afresh") from e
+        if isinstance(ckpt.get("config"), dict):
+            diff = config_differences(ckpt["config"], self.params.to_dict())
+            if diff:
+                raise ConfigError(
+                    f"cannot resume {self.run_dir} with other settings than its checkpoint "
+                    f"({'; '.join(diff)}); restore them or use a new --run_num (may change on "
+                    f"resume: {', '.join(RESUME_SAFE_KEYS)})")
+        if self.scheduler is not None:
+            adapt_cosine_period(self.scheduler, self.optimizer,
+                                int(self.params.get("max_cosine_lr_epochs") or self.max_epochs))
         self.epoch = int(ckpt["epoch"])
         self.iters = int(ckpt["iters"])
         self.step_in_epoch = int(ckpt.get("step_in_epoch", 0) or 0)
@@ -318,27 +414,43 @@ class Trainer:
         return getattr(self.train_set, "subset_hash", "")
 
     def _truncate_metrics(self):
-        """Drop metric lines of epochs after the checkpoint (they will be run again)."""
+        """Make metrics.jsonl agree with the checkpoint: keep the rows of completed epochs
+        (<= self.epoch; none on a fresh start), drop later ones (they will be run again) and
+        any torn line (a crash in the middle of an append)."""
         if not os.path.isfile(self.metrics_path):
             return
         with open(self.metrics_path) as f:
-            lines = [l for l in f if l.strip()]
-        keep = [l for l in lines if json.loads(l).get("epoch", 0) <= self.epoch]
-        if len(keep) != len(lines):
+            text = f.read()
+        keep, torn = [], 0
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+                epoch = int(row["epoch"])
+            except (ValueError, TypeError, KeyError):
+                torn += line.strip() != ""
+                continue
+            if epoch <= self.epoch:
+                keep.append(line + "\n")
+        if torn:
+            logging.warning("%s: dropped %d unreadable line(s) (an interrupted write)",
+                            self.metrics_path, torn)
+        if "".join(keep) != text:
             write_text_atomic(self.metrics_path, "".join(keep))
 
     def _append_metrics(self, row):
-        with open(self.metrics_path, "a") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self._stop_signal is not None:
+            raise KeyboardInterrupt   # a second Ctrl-C: stop now, without a checkpoint
         self._stop_signal = signum
         logging.warning("received signal %d: finishing this step, then checkpoint and exit", signum)
 
     def _install_signal_handlers(self):
         self._old_handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
                 # restart interrupted system calls (SA_RESTART): a signal must not break a
@@ -403,6 +515,7 @@ class Trainer:
             # one small all-reduce per step: every rank stops at the same step
             stop, bad = self._sync_flags(loss)
             if bad:  # nothing of this state is saved
+                self._check_batch_data(x, y, epoch, step)
                 raise TrainingDiverged(
                     f"non-finite training loss at epoch {epoch} step {step + 1} (iteration "
                     f"{self.iters}); stopped without writing checkpoints, the last good one "
@@ -424,6 +537,18 @@ class Trainer:
                                                                         device=self.device)]))
         mean = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
         return mean, seconds, seen * self.world, stopped
+
+    def _check_batch_data(self, x, y, epoch, step):
+        """A non-finite loss from non-finite DATA is the data's fault, not the optimiser's:
+        DataError naming the training file (on every rank: the flag is agreed)."""
+        bad = torch.tensor([float(not (torch.isfinite(x).all() and torch.isfinite(y).all()))],
+                           device=self.device)
+        if self.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise DataError(f"the training batch of epoch {epoch} step {step + 1} holds NaN or "
+                            f"inf values: check the data {self.params.train_path} (and its "
+                            f"scales {self.params.get('scales_path')})")
 
     def _allreduce_sum(self, t):
         if self.distributed:
@@ -457,6 +582,9 @@ class Trainer:
                 want_fig = bool(wandb_run) and self.params.plot_figs
                 val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
                 if not math.isfinite(val_loss):
+                    if all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+                        raise DataError(f"non-finite validation loss at epoch {epoch} from a "
+                                        f"finite model: check the data {self.params.val_path}")
                     raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
                                            f"stopped without writing checkpoints")
                 self.last_val = (val_loss, val_rel)
@@ -467,13 +595,12 @@ class Trainer:
                 is_best = val_loss <= self.best_val_loss
                 if is_best:
                     self.best_val_loss, self.best_val_rel_l2, self.best_epoch = val_loss, val_rel, epoch
-                self._save(is_best=is_best)
                 row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_rel_l2=val_rel,
                            lr=lr, epoch_time_s=time.time() - t_epoch,
                            train_samples_per_s=samples / max(tr_seconds, 1e-9),
                            best_val_loss=self.best_val_loss, iters=self.iters)
+                self._save(is_best=is_best, row=row)
                 if self.is_root:
-                    self._append_metrics(row)
                     logging.info("epoch %d/%d  train %.4g  val %.4g  val rel L2 %.4g  lr %.3g  "
                                  "%.1fs (%.1f samples/s)%s", epoch, self.max_epochs, train_loss,
                                  val_loss, val_rel, lr, row["epoch_time_s"],
@@ -491,13 +618,14 @@ class Trainer:
                            iters=self.iters, steps_per_epoch=self.steps_per_epoch,
                            seed=int(self.params.seed or 0),
                            subset_hash=self._subset_hash(), run_dir=self.run_dir)
-            if self.is_root:
-                write_json_atomic(self.layout.train_summary, summary)
+            self._on_root(lambda: write_json_atomic(self.layout.train_summary, summary),
+                          "write the summary")
             return summary
         finally:
             self._restore_signal_handlers()
             if wandb_run and self._own_wandb_run:
                 wandb_run.finish()
+            self.close()
 
     # ---------------------------------------------------------------- W&B
     def _init_wandb(self):
@@ -510,6 +638,7 @@ class Trainer:
             return wandb.run
         self._own_wandb_run = True
         os.makedirs(self.layout.wandb_dir, exist_ok=True)
+        self._lock = self._lock_run_dir()   # before anything of the run is read or written
         return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
                           group=f"op_{self.params.config_name}", project=self.params.project,
                           entity=self.params.entity, resume="allow")
