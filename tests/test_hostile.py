@@ -360,26 +360,28 @@ def test_generator_workers_capped_at_the_cpus(tmp_path):
 
 # ----------------------------------------------------------------------------- 8. full disk (trainer)
 def test_train_full_disk_one_line_exit_3_checkpoint_intact(setup, tmp_path, capsys, monkeypatch):
-    """A write that fails with ENOSPC (injected into the checkpoint writer at epoch 2): one
-    line, exit 3, epoch 1's checkpoint untouched; the resume then agrees with it."""
+    """A write that fails with ENOSPC (injected into torch.save at epoch 2, under the atomic
+    writer): one line, exit 3, epoch 1's checkpoint untouched, no temporary file left; the
+    resume then agrees with it."""
     import errno
-    from utils import trainer as trainer_mod
 
     tmp, data, cfg = setup
-    real, calls = trainer_mod.atomic_torch_save, []
+    real = torch.save
 
-    def full_disk(obj, path):
-        calls.append(path)
-        if obj["epoch"] >= 2:
+    def full_disk(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get("epoch", 0) >= 2:
+            f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(obj, path)
+        return real(obj, f, *a, **k)
 
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     run = tmp_path / "expts/tiny/0"
     line = fails(train_cli.main, targs(cfg, tmp_path), capsys, "No space left on device", code=3)
-    assert line.startswith("error: cannot write ") and "ckpt" in line
+    assert line == (f"error: cannot write {run}/checkpoints/ckpt_best.tar: No space left on "
+                     f"device; nothing was replaced")
     assert torch.load(run / "checkpoints/ckpt.tar", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", real)
+    assert sorted(os.listdir(run / "checkpoints")) == ["ckpt.tar", "ckpt_best.tar"]
+    monkeypatch.setattr(torch, "save", real)
     train_cli.main(targs(cfg, tmp_path))
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
 
