@@ -427,3 +427,39 @@ def test_unwritable_output_found_before_the_work(setup, tmp_path, capsys):
     fails(eval_cli.main, targs(cfg, tmp_path, "--weights", str(weights), "--out_dir",
                                str(blocker / "out")), capsys,
           f"cannot write to the output folder {blocker}/out")
+
+
+# ----------------------------------------------------------------------------- 10. bad values
+@pytest.mark.parametrize("setting, match", [
+    ("lerning_rate=1e-3", "unknown key 'lerning_rate' in --set; did you mean 'lr'?"),
+    ("epochs=3", "unknown key 'epochs' in --set; did you mean 'max_epochs'?"),
+    ("max_epochs=abc", "max_epochs must be an integer, got 'abc'"),
+    ("batch_size=abc", "batch_size must be an integer, got 'abc'"),
+    ("lr=abc", "lr must be a number, got 'abc'"),
+    ("grad_clip=abc", "grad_clip must be a number or null, got 'abc'"),
+    ("num_data_workers=-1", "num_data_workers must be >= 0, got -1"),
+    ("lr=-1e-3", "lr must be >= 0, got -0.001"),
+    ("max_epochs=2.7", "max_epochs must be an integer, got 2.7"),
+    ("valid_batch_size=0", "valid_batch_size must be >= 1, got 0"),
+    ("scheduler=cosinus", "scheduler must be one of cosine, none, got 'cosinus'"),
+])
+def test_bad_values_one_line_exit_2(setup, tmp_path, capsys, setting, match):
+    tmp, data, cfg = setup
+    fails(train_cli.main, targs(cfg, tmp_path, "--set", setting), capsys, match)
+    fails(eval_cli.main, targs(cfg, tmp_path, "--weights", cfg, "--set", setting), capsys, match)
+    assert tree(tmp_path) == []
+
+
+def test_config_file_values_checked_and_ignored_published_keys_known(setup, tmp_path, capsys):
+    from utils.YParams import YParams, apply_overrides
+
+    tmp, data, cfg = setup
+    doc = yaml.safe_load(open(cfg))
+    doc["typo"] = dict(doc["tiny"], lerning_rate=1e-3)
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    fails(train_cli.main, targs(str(path), tmp_path, config="typo"), capsys,
+          f"unknown key 'lerning_rate' in config 'typo' of {path}; did you mean 'lr'?")
+    p = YParams(cfg, "tiny")          # published keys nothing reads are accepted
+    apply_overrides(p, ["log_to_screen=true", "nx=64", "model=fno", "max_epochs=3.0"])
+    assert p.max_epochs == 3 and isinstance(p.max_epochs, int)

@@ -18,7 +18,7 @@ import re
 
 import yaml
 
-from utils.config_schema import defaults
+from utils.config_schema import defaults, validate
 from utils.errors import ConfigError, UserError  # noqa: F401  (re-exported: part of this API)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +94,7 @@ class YParams:
         # every key the config does not give takes its default (utils/config_schema.py)
         for key, value in defaults().items():
             params.setdefault(key, copy.deepcopy(value))
+        validate(params, f"config '{config_name}' of {yaml_path}")   # types, ranges, names
         for key, value in params.items():
             if is_path_key(key):
                 params[key] = _resolve(value, REPO_ROOT)
@@ -189,14 +190,12 @@ def parse_overrides(items):
 def apply_overrides(params, items):
     """Apply ``--set key=value`` overrides after loading a config.
 
-    Unknown keys are allowed (logged). Path values are resolved against the CWD.
+    Every key and value is checked against utils/config_schema.py (`validate`): an unknown
+    key or a bad value is a ConfigError (one line). Path values are resolved against the CWD.
     Returns the dict of applied overrides.
     """
-    overrides = parse_overrides(items)
+    overrides = validate(parse_overrides(items), "--set")
     for key, value in overrides.items():
-        if key not in params:
-            logging.info("--set %s=%r: key not in config '%s', added", key, value,
-                         params.config_name)
         if is_path_key(key):
             value = _resolve(value, os.getcwd())
         params[key] = value

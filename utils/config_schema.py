@@ -14,7 +14,13 @@ A config file only needs the keys that differ from these defaults (and the data 
     doc       one line
 `IGNORED` lists the published keys (configs of the original study) that the code accepts
 but does not read, with their published value and why nothing reads them.
+
+`validate` checks a config against the table when it is loaded and after every `--set`
+(`utils/YParams.py`): an unknown key is an error that names the closest known key, a value of
+the wrong type or out of range is an error; both are one line with exit status 2.
 """
+import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -144,3 +150,86 @@ def param(params, key):
         except (AttributeError, KeyError):
             pass
     return SCHEMA[key].default
+
+
+# names other codes use for our keys: an unknown key close to one of them suggests our key
+ALIASES = {"learning_rate": "lr", "epochs": "max_epochs", "num_epochs": "max_epochs",
+           "n_epochs": "max_epochs", "num_workers": "num_data_workers",
+           "val_batch_size": "valid_batch_size", "eval_batch_size": "valid_batch_size",
+           "clip_grad": "grad_clip", "gradient_clip": "grad_clip", "random_seed": "seed",
+           "use_wandb": "log_to_wandb", "lr_scheduler": "scheduler", "weights": "pretrained",
+           "checkpoint": "pretrained", "modes": "mode_cut"}
+# what the items of a list value must be: positive integers, strings or numbers
+_LIST_ITEMS = {"layers": "int", "modes1": "int", "modes2": "int", "train_path": "str",
+               "val_path": "str", "test_path": "str", "freeze": "str", "scales": "num"}
+
+
+def _type_name(spec):
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list"}
+    types = tuple(t for t in spec.types if not (t is int and float in spec.types))
+    text = " or ".join(names.get(t, t.__name__) for t in types)
+    return text + (" or null" if spec.nullable and not spec.required else "")
+
+
+def check_value(key, value):
+    """`value` checked against SCHEMA[key] (type, null, choices, min); returns it, an
+    integral float turned into an int for an integer key (YAML reads 1e3 as a float).
+    Raises ConfigError with one line otherwise."""
+    from utils.errors import ConfigError
+
+    spec = SCHEMA[key]
+    if value is None:
+        if spec.nullable:
+            return value
+        raise ConfigError(f"{key} must be {_type_name(spec)}, got null")
+    if (isinstance(value, float) and int in spec.types and float not in spec.types
+            and math.isfinite(value) and value.is_integer()):
+        value = int(value)
+    ok = (bool in spec.types) if isinstance(value, bool) else isinstance(value, spec.types)
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(spec)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be finite, got {value!r}")
+    if isinstance(value, list):
+        item = _LIST_ITEMS.get(key)
+        ok = {"str": lambda v: isinstance(v, str),
+              "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+              "num": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v)}.get(item, lambda v: True)
+        if not value or not all(ok(v) for v in value):
+            what = {"str": "strings", "int": "positive integers", "num": "finite numbers"}
+            raise ConfigError(f"{key} must be a non-empty list of {what.get(item, 'values')}, "
+                              f"got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, spec.choices))}, "
+                          f"got {value!r}")
+    if spec.min is not None and not isinstance(value, (list, str)) and value < spec.min:
+        raise ConfigError(f"{key} must be >= {spec.min:g}, got {value!r}")
+    return value
+
+
+def suggest(key):
+    """The known key closest to an unknown one (typos, other codes' names), or None."""
+    names = list(SCHEMA) + list(IGNORED) + list(ALIASES)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    return ALIASES.get(close[0], close[0]) if close else None
+
+
+def validate(config, where="the config"):
+    """Check (and normalise, see `check_value`) every key of the dict `config` in place.
+
+    An unknown key is an error naming the closest known key; the published keys the code
+    ignores (IGNORED) are known keys. Raises ConfigError (one line, exit status 2)."""
+    from utils.errors import ConfigError
+
+    for key in list(config):
+        if key in IGNORED:
+            continue
+        if key not in SCHEMA:
+            close = suggest(key)
+            raise ConfigError(f"unknown key '{key}' in {where}"
+                              + (f"; did you mean '{close}'?" if close else "")
+                              + " (the keys: utils/config_schema.py)")
+        config[key] = check_value(key, config[key])
+    return config

@@ -285,7 +285,11 @@ def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None
 
 
 def apply_settings(params, settings):
-    """Write a trial's settings into a params object (YParams or dict), logging each."""
+    """Write a trial's settings into a params object (YParams or dict), logging each; the
+    settings are checked like --set values (utils/config_schema.validate)."""
+    from utils.config_schema import validate
+
+    settings = validate(dict(settings), "the sweep trial's settings")
     for key, value in settings.items():
         if key not in params:
             logger.info("sweep setting %s=%r: not in the config, added", key, value)

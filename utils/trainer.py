@@ -44,7 +44,7 @@ from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
 from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic, writing
 from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
                             load_pretrained, safe_torch_load)
-from utils.config_schema import SCHEMA, param
+from utils.config_schema import SCHEMA, defaults, param
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
 from utils.pretrained import write_card
@@ -374,7 +374,8 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {path}: {describe_load_error(e)}; move it "
                                   f"away to start this run afresh") from e
         if isinstance(ckpt.get("config"), dict):
-            diff = config_differences(ckpt["config"], self.params.to_dict())
+            # a key the checkpoint lacks (written before the key existed) had its default
+            diff = config_differences({**defaults(), **ckpt["config"]}, self.params.to_dict())
             if diff:
                 raise ConfigError(
                     f"cannot resume {self.run_dir} with other settings than its checkpoint "
