@@ -11,11 +11,11 @@ base: &base
   layers: [8, 8]
   train_path: 'data/x/train.h5'
   pretrained: null
-  flag: !!bool False
+  in_memory: !!bool False
 child:
   <<: *base
   lr: 5e-4
-  extra: 3
+  seed: 3
 """
 
 
@@ -29,9 +29,9 @@ def yfile(tmp_path):
 def test_merge_keys_and_access(yfile):
     p = YParams(yfile, "child")
     assert p.lr == 5e-4 and isinstance(p.lr, float)        # own value wins over the anchor
-    assert p["layers"] == [8, 8] and p.extra == 3            # inherited and own keys
+    assert p["layers"] == [8, 8] and p.seed == 3             # inherited and own keys
     assert YParams(yfile, "base").lr == 1e-3                 # YAML 1.2 float without a dot
-    assert p.get("missing", 7) == 7 and "extra" in p
+    assert p.get("missing", 7) == 7 and "seed" in p
     p["new"] = 1
     p.other = 2
     assert p.new == 1 and p["other"] == 2
@@ -47,9 +47,9 @@ def test_config_paths_relative_to_repo_root(yfile, tmp_path, monkeypatch):
     p = YParams(yfile, "child")
     assert p.train_path == os.path.join(REPO_ROOT, "data", "x", "train.h5")
     assert p.pretrained is None
-    apply_overrides(p, ["train_path=rel/t.h5", "lr=2e-3", "layers=[4, 4, 4]", "newkey=abc"])
+    apply_overrides(p, ["train_path=rel/t.h5", "lr=2e-3", "layers=[4, 4, 4]", "project=abc"])
     assert p.train_path == os.path.join(str(tmp_path), "rel", "t.h5")  # CLI paths: CWD
-    assert p.lr == 2e-3 and p.layers == [4, 4, 4] and p.newkey == "abc"
+    assert p.lr == 2e-3 and p.layers == [4, 4, 4] and p.project == "abc"
 
 
 def test_unknown_config_lists_available(yfile):

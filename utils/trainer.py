@@ -346,14 +346,28 @@ class Trainer:
         reached this point; a failed write (full disk) raises StorageError on every rank."""
         if self.distributed:
             dist.barrier()
-        self._lock = self._lock_run_dir()   # before anything of the run is read or written
-        if self.is_root and self.params.save_checkpoint:
-            ckpt = self._checkpoint(step_in_epoch, partial)
-            if is_best:  # best first: a crash in between only repeats this epoch on resume
-                torch_save_atomic(ckpt, self.best_path)
-                write_card(self.layout.model_card, ckpt["model_info"],
-                           os.path.basename(self.best_path))
-            torch_save_atomic(ckpt, self.ckpt_path)
+
+        def write():
+            if row is not None:   # the row first: a crash before the checkpoint drops it on resume
+                self._append_metrics(row)
+            if self.params.save_checkpoint:
+                ckpt = self._checkpoint(step_in_epoch, partial)
+                if is_best:  # best first: a crash in between only repeats this epoch on resume
+                    torch_save_atomic(ckpt, self.best_path)
+                    write_card(self.layout.model_card, ckpt["model_info"],
+                               os.path.basename(self.best_path))
+                torch_save_atomic(ckpt, self.ckpt_path)
+        self._on_root(write, "write the checkpoint")
+
+    def _on_root(self, fn, what):
+        """Run fn() on rank 0 only; if it raises a UserError or StorageError, every rank
+        raises (no rank is left waiting in a collective for a rank that failed)."""
+        error = None
+        if self.is_root:
+            try:
+                fn()
+            except (UserError, StorageError) as e:
+                error = e
         if self.distributed:
             failed = torch.tensor([float(error is not None)], device=self.device)
             dist.all_reduce(failed, op=dist.ReduceOp.MAX)
@@ -361,7 +375,6 @@ class Trainer:
                 error = StorageError(f"rank 0 could not {what}")
         if error is not None:
             raise error
-
 
     def _restore(self, path):
         try:
@@ -639,10 +652,26 @@ class Trainer:
             return wandb.run
         self._own_wandb_run = True
         os.makedirs(self.layout.wandb_dir, exist_ok=True)
-        self._lock = self._lock_run_dir()   # before anything of the run is read or written
-        return wandb.init(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
-                          group=f"op_{self.params.config_name}", project=self.params.project,
-                          entity=self.params.entity, resume="allow")
+        kw = dict(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
+                  group=f"op_{self.params.config_name}", project=self.params.project,
+                  entity=self.params.entity, resume="allow")
+        # W&B waits 90 s for its server by default (and needs a key): a training run must
+        # not hang on it, nor die. Wait briefly, then log offline (`wandb sync` uploads later).
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+        try:
+            return wandb.init(settings=wandb.Settings(init_timeout=timeout), **kw)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        try:
+            run = wandb.init(mode="offline", **kw)
+            logging.warning("W&B not reachable (%s): logging offline to %s", reason,
+                            self.layout.wandb_dir)
+            return run
+        except Exception as e:
+            logging.warning("W&B not reachable (%s) and offline logging failed (%s): training "
+                            "without W&B (metrics.jsonl has every epoch)", reason,
+                            (str(e).strip().splitlines() or [type(e).__name__])[0])
+            return None
 
     def _log_wandb(self, run, row, examples):
         logs = dict(row)
