@@ -95,3 +95,18 @@ def tiny_config(tmp_path, paths, **extra):
     with open(path, "w") as f:
         yaml.safe_dump({"base": {"lr": 1e-3}, "tiny": cfg}, f)
     return path
+
+
+def child_pids(pid):
+    """Live (not zombie) processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d))
+    return out

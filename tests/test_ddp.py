@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from tests.helpers import tiny_config, write_poisson_set
+from tests.helpers import child_pids, tiny_config, write_poisson_set
 from utils.YParams import REPO_ROOT
 
 
@@ -88,19 +88,6 @@ def test_run_sh_slurm_branch(tmp_path):
     assert "lr: 0.002" in open(run / "hyperparams.yaml").read()
 
 
-def _children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
 def test_signal_to_one_rank_stops_all_with_checkpoint(tmp_path):
     """SIGUSR1 to rank 1 only: both ranks agree to stop after the same step, rank 0 saves."""
     import signal
@@ -118,7 +105,7 @@ def test_signal_to_one_rank_stops_all_with_checkpoint(tmp_path):
     deadline = time.time() + 120
     while not metrics.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    workers = sorted(_children(proc.pid))
+    workers = sorted(child_pids(proc.pid))
     assert len(workers) == 2 and metrics.exists()
     os.kill(workers[1], signal.SIGUSR1)  # the later-started worker (rank 0 or 1, either works)
     out, err = proc.communicate(timeout=120)

@@ -12,7 +12,7 @@ import yaml
 
 import eval as eval_cli
 import train as train_cli
-from tests.helpers import tiny_config, write_poisson_set
+from tests.helpers import child_pids, tiny_config, write_poisson_set
 from utils.YParams import REPO_ROOT
 
 
@@ -239,21 +239,6 @@ def test_wandb_failure_falls_back_to_offline(setup, tmp_path, monkeypatch, caplo
 GEN = [sys.executable, "utils/gen_data_poisson.py", "--n", "32", "--nval", "32", "--ntest", "32"]
 
 
-def _children(pid):
-    """pids whose parent is `pid` (Linux /proc)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(d))
-    return out
-
-
 def _wait_gone(pids, timeout=20):
     import time
     deadline = time.time() + timeout
@@ -307,9 +292,9 @@ def test_generator_killed_leaves_no_workers_and_no_temporary(tmp_path, how):
                 and time.time() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
-        while len(_children(proc.pid)) < 2 and time.time() < deadline:
+        while len(child_pids(proc.pid)) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         assert len(workers) == 2
         proc.send_signal(getattr(signal, how))
         proc.wait(timeout=60)

@@ -303,20 +303,10 @@ class Trainer:
     def _lock_run_dir(self):
         """Rank 0 takes the run directory's lock (held until `close`/process exit); every rank
         raises UserError if it is held by another process (one run per directory)."""
-        lock, error = None, None
-        if self.is_root:
-            try:
-                lock = DirLock(self.run_dir, "run directory").acquire()
-            except UserError as e:
-                error = e
-        if self.distributed:
-            failed = torch.tensor([float(error is not None)], device=self.device)
-            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-            if failed.item() and error is None:
-                error = UserError(f"run directory {self.run_dir} is in use by another process")
-        if error is not None:
-            raise error
-        return lock
+        held = []
+        self._on_root(lambda: held.append(DirLock(self.run_dir, "run directory").acquire()),
+                      "lock the run directory", UserError)
+        return held[0] if held else None
 
     def close(self):
         """Release the run directory (fit() does this when it returns or fails)."""
@@ -359,9 +349,10 @@ class Trainer:
                 torch_save_atomic(ckpt, self.ckpt_path)
         self._on_root(write, "write the checkpoint")
 
-    def _on_root(self, fn, what):
+    def _on_root(self, fn, what, other_ranks_raise=StorageError):
         """Run fn() on rank 0 only; if it raises a UserError or StorageError, every rank
-        raises (no rank is left waiting in a collective for a rank that failed)."""
+        raises (no rank is left waiting in a collective for a rank that failed; the other
+        ranks raise `other_ranks_raise`, rank 0 reports the reason)."""
         error = None
         if self.is_root:
             try:
@@ -372,7 +363,7 @@ class Trainer:
             failed = torch.tensor([float(error is not None)], device=self.device)
             dist.all_reduce(failed, op=dist.ReduceOp.MAX)
             if failed.item() and error is None:
-                error = StorageError(f"rank 0 could not {what}")
+                error = other_ranks_raise(f"rank 0 could not {what}")
         if error is not None:
             raise error
 
