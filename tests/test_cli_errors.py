@@ -54,7 +54,8 @@ def test_train_user_errors(setup, capsys):
         f.create_dataset("u", data=np.zeros((2, 4, 4), np.float32))
     fails(train_cli.main, targs(cfg, root, "--set", f"val_path={nokey}"), capsys,
           "has no dataset 'fields' (found: u)")
-    fails(train_cli.main, targs(cfg, root, "--set", "optimizer=lbfgs"), capsys, "unknown optimizer")
+    fails(train_cli.main, targs(cfg, root, "--set", "optimizer=lbfgs"), capsys,
+          "optimizer must be one of adam, adamw, sgd, got 'lbfgs'")
     fails(train_cli.main, targs(cfg, root, "--set", "pretrained=/no/w.tar"), capsys,
           "pre-trained weights not found")
     fails(train_cli.main, targs(cfg, root, "--set", "mode_cut=20"), capsys, "too small for modes")
