@@ -200,7 +200,8 @@ def test_predict_bad_inputs_one_line_exit_2(run, tmp_path, capsys):
         (["--weights", w, "--input", small], r"grid 6x6 is too small .* needs H >= 8"),
         (["--weights", str(text), "--input", good], "is not a PyTorch checkpoint"),
         (["--weights", good, "--input", good], "is an HDF5 data file, not a checkpoint"),
-        (["--weights", evil, "--input", good], "not a checkpoint that can be loaded safely: it needs the object .*system"),
+        (["--weights", evil, "--input", good],
+         "not a checkpoint that can be loaded safely: it needs the object .*system"),
         (["--weights", str(tmp_path / "none.pt"), "--input", good], "checkpoint not found"),
     ]
     for argv, pattern in cases:
@@ -221,3 +222,35 @@ def test_predict_bad_inputs_one_line_exit_2(run, tmp_path, capsys):
         model.solve(fields[:, 0], tensor, pde="ad")
     with pytest.raises(DataError, match="too small"):
         model.solve(fields[:, 0, :6, :6], tensor)
+
+
+def test_mixed_physics_model_maps_coefficients(tmp_path):
+    """A 7-channel mixed model: solve(pde=...) puts the PDE's own coefficients in the mixed
+    layout (utils/mixed_data.to_mixed) before the one normalisation."""
+    from models.fno import FNO2d
+    from utils.data_utils import normalize_inputs
+    from utils.mixed_data import MIXED_CHANNELS, to_mixed
+
+    arch = dict(in_dim=7, out_dim=1, layers=[8, 8], modes1=[4], modes2=[4], fc_dim=8,
+                dropout=0.0)
+    torch.manual_seed(0)
+    net = FNO2d(**arch).eval()
+    scales = [0.01, 0.02, 0.02, 0.01, 0.5, 0.5, 5.0, 0.3, 1.0, 1.0]
+    info = dict(version=1, architecture=arch, pde="mixed", pdes=["poisson", "helmholtz"],
+                channel_layout="mixed", channels=list(MIXED_CHANNELS),
+                coefficients={"poisson": ["K11", "K22", "K12"], "helmholtz": ["t0", "omega"]},
+                scales=scales, grid=[16, 16])
+    path = str(tmp_path / "mixed.pt")
+    torch.save(dict(model_state=net.state_dict(), model_info=info), path)
+    model = load_pretrained(path, device="cpu")
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((3, 16, 16)).astype(np.float32)
+    t = np.stack([np.full(3, 0.01), [2.0, 5.0, 9.0]], axis=1)
+    x = normalize_inputs(f, to_mixed("helmholtz", t), np.asarray(scales), 1 / 256)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x))[:, 0].numpy()
+    np.testing.assert_allclose(model.solve(f, t, pde="helmholtz"), ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(DataError, match="needs pde="):
+        model.solve(f, t)
+    with pytest.raises(DataError, match="cannot solve ad problems"):
+        model.solve(f, np.ones((3, 5)), pde="ad")
