@@ -77,7 +77,8 @@ def test_api_agrees_with_eval_and_fills_card(run, tmp_path):
     # eval.py recorded the test error in the card beside the checkpoint (same distribution)
     card = json.load(open(card_path_for(run["weights"])))
     test = card["metrics"]["test"]
-    assert test["n_test"] == 11 and test["rel_l2_mean"] == pytest.approx(summary["test_rel_l2_mean"])
+    assert test["n_test"] == 11
+    assert test["rel_l2_mean"] == pytest.approx(summary["test_rel_l2_mean"])
     assert test["rel_l2_std"] == pytest.approx(per_sample.astype(np.float64).std(ddof=1), rel=1e-5)
 
 

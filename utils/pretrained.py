@@ -116,7 +116,7 @@ def _state_of(ckpt, path):
     from utils.finetune import clean_state_dict
 
     state = ckpt.get("model_state")
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+    if not (isinstance(state, dict) and state and all(map(torch.is_tensor, state.values()))):
         raise CheckpointError(f"{path} has no model weights ('model_state'); keys: "
                               f"{', '.join(map(str, list(ckpt)[:8])) or 'none'}")
     return clean_state_dict(state)
