@@ -202,7 +202,7 @@ def test_predict_bad_inputs_one_line_exit_2(run, tmp_path, capsys):
         (["--weights", str(text), "--input", good], "is not a PyTorch checkpoint"),
         (["--weights", good, "--input", good], "is an HDF5 data file, not a checkpoint"),
         (["--weights", evil, "--input", good],
-         "not a checkpoint that can be loaded safely: it needs the object .*system"),
+         "refused: loading it would unpickle .*system"),
         (["--weights", str(tmp_path / "none.pt"), "--input", good], "checkpoint not found"),
     ]
     for argv, pattern in cases:

@@ -100,10 +100,9 @@ def read_checkpoint(path):
         obj = safe_torch_load(path)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"the object {found.group(1)}" if found else "objects beyond tensors and plain data"
-        raise CheckpointError(f"{path} is not a checkpoint that can be loaded safely: it needs "
-                              f"{what}, and nothing else is ever unpickled "
-                              f"(torch.load weights_only=True)") from None
+        what = found.group(1) if found else "objects other than tensors and plain data"
+        raise CheckpointError(f"{path} refused: loading it would unpickle {what} (only "
+                              f"tensors and plain data are loaded, weights_only=True)") from None
     except Exception as e:  # torch raises several types for foreign or truncated files
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:120]})") from None
