@@ -214,6 +214,14 @@ class SpectralConv2d(nn.Module):
     ``weight``: real (2*modes1*modes2, Cin, Cout, 2) = complex weights stored mode-major
     (row index of the mode first: the [:m1] corner, then the [-m1:] corner), so that the
     contraction is one batched matmul (modes, B, Cin) @ (modes, Cin, Cout).
+
+    Optional LoRA adapter (``add_lora(r)``, for fine-tuning with frozen base weights): the
+    weight of each mode k becomes W_k + A_k B_k with A (modes, Cin, r) and B (modes, r, Cout)
+    complex, stored like ``weight`` as real (..., 2) tensors ``lora_a`` / ``lora_b``. That is
+    2*modes*r*(Cin + Cout) real parameters against 2*modes*Cin*Cout for ``weight`` (a
+    fraction r*(Cin + Cout)/(Cin*Cout): r/12 at width 24, r/32 at width 64). B starts at zero,
+    so the adapted layer starts exactly at the pre-trained one. Without an adapter the
+    forward pass is unchanged.
     """
 
     def __init__(self, in_channels, out_channels, modes1, modes2):
@@ -224,10 +232,47 @@ class SpectralConv2d(nn.Module):
         scale = 1.0 / (in_channels * out_channels)
         self.weight = nn.Parameter(
             scale * torch.rand(2 * modes1 * modes2, in_channels, out_channels, 2))
+        self.register_parameter("lora_a", None)  # (modes, Cin, r, 2) after add_lora
+        self.register_parameter("lora_b", None)  # (modes, r, Cout, 2)
 
     def extra_repr(self):
+        lora = f", lora_rank={self.lora_a.shape[2]}" if self.lora_a is not None else ""
         return (f"{self.in_channels}, {self.out_channels}, modes1={self.modes1}, "
-                f"modes2={self.modes2}")
+                f"modes2={self.modes2}{lora}")
+
+    def add_lora(self, rank):
+        """Add a trainable rank-`rank` update A_k B_k of every mode's (Cin, Cout) weight.
+
+        A ~ complex normal with variance 1/rank (so an optimizer step of B moves A B by about
+        as much as a step of W would move W), B = 0 (the layer's output is unchanged).
+        """
+        if self.lora_a is not None:
+            raise FNOConfigError("this spectral layer has a LoRA adapter already")
+        modes = self.weight.shape[0]
+        like = dict(dtype=self.weight.dtype, device=self.weight.device)
+        self.lora_a = nn.Parameter(
+            torch.randn(modes, self.in_channels, rank, 2, **like) * (0.5 / rank) ** 0.5)
+        self.lora_b = nn.Parameter(torch.zeros(modes, rank, self.out_channels, 2, **like))
+
+    def complex_weight(self):
+        """(modes, Cin, Cout) complex weight of the forward pass: W, or W + A B with LoRA."""
+        weight = torch.view_as_complex(self.weight)
+        if self.lora_a is not None:
+            weight = weight + torch.bmm(torch.view_as_complex(self.lora_a),
+                                        torch.view_as_complex(self.lora_b))
+        return weight
+
+    def merged_weight(self):
+        """``weight`` with the adapter folded in: (modes, Cin, Cout, 2) real."""
+        return torch.view_as_real(self.complex_weight())
+
+    def merge_lora(self):
+        """Fold the adapter into ``weight`` in place and remove it (no-op without adapter)."""
+        if self.lora_a is None:
+            return
+        with torch.no_grad():
+            self.weight.copy_(self.merged_weight())
+        self.lora_a = self.lora_b = None
 
     def check_size(self, h, w):
         if 2 * self.modes1 > h or self.modes2 > w // 2 + 1:
@@ -251,8 +296,7 @@ class SpectralConv2d(nn.Module):
                               x_ft[:, :, h - m1:].permute(2, 3, 0, 1)], dim=0)
             # One contraction over both corners: (modes, B, Ci) @ (modes, Ci, Co).
             x_ft = x_ft.view(2 * m1 * m2, b, self.in_channels)
-            weight = torch.view_as_complex(self.weight)
-            out = _ModeContraction.apply(x_ft, weight)                  # (modes, B, Co)
+            out = _ModeContraction.apply(x_ft, self.complex_weight())                  # (modes, B, Co)
             out = out.view(2 * m1, m2, b, self.out_channels).permute(2, 3, 0, 1)
             # Zero-filled spectrum with only the m2 retained columns; irfft pads to W//2+1.
             out_ft = out.new_zeros(b, self.out_channels, h, m2)

@@ -108,6 +108,11 @@ SCHEMA = {
     "pretrained_strict": Key(True, (bool,), "false: load only the tensors that fit"),
     "freeze": Key(None, (str, list), "a preset of utils.finetune.FREEZE_PRESETS or a list of "
                   "parameter-name prefixes", nullable=True),
+    "finetune_mode": Key("full", (str,), "what trains: everything, lift + projection only, all "
+                         "but the spectral weights, or those plus LoRA adapters on them",
+                         nullable=True, choices=("full", "head", "frozen_fourier", "lora")),
+    "lora_rank": Key(None, (int,), "adapter rank with finetune_mode lora; null: 4",
+                     nullable=True, min=1),
     # --- run outputs, logging
     "save_checkpoint": Key(True, (bool,), "write checkpoints (resume needs them)"),
     "plot_figs": Key(False, (bool,), "log an example figure to W&B each epoch"),

@@ -1,19 +1,34 @@
-"""Fine-tuning helpers: load pre-trained weights into a model (weights only, no optimizer),
-optionally only the tensors that fit (a checkpoint with other input channels), and freeze
-parts of the network.
+"""Fine-tuning helpers: load pre-trained weights into a model (weights only, no optimizer;
+this code's checkpoints or the published code's, converted), optionally only the tensors that
+fit (a checkpoint with other input channels), and choose what trains (fine-tuning modes,
+freezing, low-rank adapters).
 
 Config keys (read by utils/trainer.py):
     pretrained: path            weights to start from (the run's own checkpoint wins)
     pretrained_strict: true     false: load every tensor whose name and shape match, keep the
                                 fresh initialisation of the rest (e.g. the lift of a model with
                                 more input channels) and log which
-    freeze: null                a preset ('fourier' = 'all_but_lift_proj': train only the lift
-                                fc0 and the projection fc1/fc2; 'spectral'; 'all_but_proj') or
-                                a list of parameter-name prefixes to freeze
+    finetune_mode: full         what trains (FINETUNE_MODES): 'full' every tensor (as published);
+                                'head' the lift fc0 and the projection fc1/fc2 only; 'frozen_fourier'
+                                everything but the spectral weights sp_convs.*; 'lora' as
+                                frozen_fourier plus a trainable low-rank update of each layer's
+                                spectral weights (models/fno.py SpectralConv2d.add_lora)
+    lora_rank: 4                rank r of the adapters (finetune_mode: lora only)
+    freeze: null                lower-level alternative to finetune_mode (not both): a preset
+                                ('fourier' = 'all_but_lift_proj' = head; 'spectral' =
+                                frozen_fourier; 'all_but_proj') or a list of parameter-name
+                                prefixes to freeze
+
+Published layout (models/fno.py of the study's code, SpectralConv2dV2): `sp_convs.i.weights1`
+and `weights2` (Cin, Cout, m1, m2, 2) multiply the rows [:m1] and [-m1:] of rfft2, and
+`ws.i.weight` is a Conv1d weight (Cout, Cin, 1). `published_to_ours` maps them onto this
+code's mode-major `sp_convs.i.weight` and Linear `ws.i.weight`; outputs are the same (the
+published rfft2/irfft2 pair with norm='ortho' equals the default-normalised pair here).
 """
 import logging
 import os
 import pickle
+import re
 
 import numpy as np
 import torch
@@ -70,6 +85,56 @@ def describe_load_error(e):
     return f"not a readable checkpoint ({type(e).__name__}: {first})"
 
 
+_OURS_SPECTRAL = re.compile(r"^sp_convs\.(\d+)\.weight$")
+_PUB_SPECTRAL = re.compile(r"^sp_convs\.(\d+)\.weights([12])$")
+_PUB_POINTWISE = re.compile(r"^ws\.(\d+)\.weight$")
+
+
+def published_to_ours(state):
+    """Map a state dict of the published FNO (prefixes already stripped) onto this code's names.
+
+    sp_convs.i.weights1, weights2 (Cin, Cout, m1, m2, 2) real (or (Cin, Cout, m1, m2) complex)
+        -> sp_convs.i.weight (2*m1*m2, Cin, Cout, 2): the two corners stacked along the mode
+           row (weights1 = rows [:m1] first, then weights2 = rows [-m1:], as SpectralConv2d
+           stores them), then mode-major: index (row r, column c) -> r*m2 + c.
+    ws.i.weight (Cout, Cin, 1) (Conv1d)  -> ws.i.weight (Cout, Cin) (Linear, same numbers)
+    Every other tensor (fc0/fc1/fc2, biases) keeps its name and value.
+    """
+    out = {k: v for k, v in state.items() if not _PUB_SPECTRAL.match(k)}
+    for key, value in state.items():
+        if _PUB_POINTWISE.match(key) and value.dim() == 3 and value.shape[-1] == 1:
+            out[key] = value[..., 0]
+    for i in sorted({int(_PUB_SPECTRAL.match(k).group(1)) for k in state if _PUB_SPECTRAL.match(k)}):
+        pair = [state.get(f"sp_convs.{i}.weights{c}") for c in (1, 2)]
+        if any(w is None for w in pair):
+            raise FinetuneError(f"published layout: sp_convs.{i} needs both weights1 and weights2")
+        pair = [torch.view_as_real(w) if w.is_complex() else w for w in pair]
+        w1, w2 = pair
+        if w1.dim() != 5 or w1.shape[-1] != 2 or w1.shape != w2.shape:
+            raise FinetuneError(f"published layout: sp_convs.{i}.weights1/weights2 must both be "
+                                f"(Cin, Cout, m1, m2, 2), got {tuple(w1.shape)} and {tuple(w2.shape)}")
+        cin, cout, m1, m2, _ = w1.shape
+        both = torch.cat([w1, w2], dim=2)                     # (Cin, Cout, 2*m1, m2, 2)
+        out[f"sp_convs.{i}.weight"] = both.permute(2, 3, 0, 1, 4).reshape(
+            2 * m1 * m2, cin, cout, 2).contiguous()
+    return out
+
+
+def to_our_layout(state, path):
+    """(state dict in this code's names, True if it was converted from the published layout).
+
+    The layout is told by the spectral weights' names; a state dict with neither (or both) is
+    not an FNO checkpoint of either code: FinetuneError.
+    """
+    ours = any(_OURS_SPECTRAL.match(k) for k in state)
+    published = any(_PUB_SPECTRAL.match(k) for k in state)
+    if ours == published:
+        raise FinetuneError(
+            f"weights {path} match neither this code's FNO layout (sp_convs.i.weight) nor the "
+            f"published one (sp_convs.i.weights1/weights2)" + (" (it has both)" if ours else ""))
+    return (state, False) if ours else (published_to_ours(state), True)
+
+
 def _unwrap(model):
     """The module whose state dict has plain names (no DDP / torch.compile wrapper)."""
     target = model.module if hasattr(model, "module") else model
@@ -80,7 +145,8 @@ def load_pretrained(model, path, strict=True):
     """Load weights from `path` into `model`.
 
     `path` holds a checkpoint dict with `model_state` (ours or the published one, plain or
-    from a DDP run) or a bare state dict. strict=True: same keys and shapes, else
+    from a DDP run) or a bare state dict, in this code's layout or the published one
+    (converted, see `published_to_ours`; one INFO line says so). strict=True: same keys and shapes, else
     FinetuneError with the mismatches. strict=False: load every tensor whose name and shape
     match, keep the model's own (fresh) values for the others, log both lists; at least one
     tensor must match.
@@ -99,9 +165,14 @@ def load_pretrained(model, path, strict=True):
     state = ckpt.get("model_state", ckpt)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise FinetuneError(f"{path} has no model state dict (keys: {', '.join(map(str, list(ckpt)[:8]))})")
-    state = clean_state_dict(state)
+    state, converted = to_our_layout(clean_state_dict(state), path)
+    if converted:
+        logging.info("weights %s are in the published layout: converted sp_convs.i.weights1/"
+                     "weights2 to mode-major sp_convs.i.weight and the Conv1d ws.i.weight to "
+                     "(Cout, Cin)", path)
     target = _unwrap(model)
-    own = target.state_dict()
+    # LoRA adapters are not part of a pre-trained model: they keep their (zero-update) init
+    own = {k: v for k, v in target.state_dict().items() if not is_adapter(k)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -131,7 +202,7 @@ def load_pretrained(model, path, strict=True):
         if unexpected:
             parts.append("unexpected: " + ", ".join(unexpected[:6]))
         raise FinetuneError(f"weights {path} do not fit the model ({' | '.join(parts)})")
-    target.load_state_dict(state)
+    target.load_state_dict(state, strict=False)  # checked above; adapters (if any) stay
     epoch = ckpt.get("epoch") if "model_state" in ckpt else None
     logging.info("loaded weights %s (%d tensors, epoch %s)", path, len(state), epoch)
     return dict(path=os.path.abspath(path), n_tensors=len(state), epoch=epoch,
@@ -176,3 +247,91 @@ def freeze_parameters(model, spec):
     logging.info("froze %d tensors (%d of %d parameters): %s", len(frozen), n_frozen, n_all,
                  ", ".join(frozen))
     return frozen
+
+
+# ------------------------------------------------------------------------------ fine-tuning modes
+# What each mode freezes (parameter-name prefixes of models/fno.py); 'lora' then adds adapters.
+FINETUNE_MODES = {
+    "full": (),                              # every tensor trains (as published)
+    "head": FREEZE_PRESETS["fourier"],       # lift fc0 + projection fc1/fc2 train
+    "frozen_fourier": FREEZE_PRESETS["spectral"],  # all but the spectral weights train
+    "lora": FREEZE_PRESETS["spectral"],      # frozen_fourier + low-rank spectral updates
+}
+LORA_RANK_DEFAULT = 4
+_ADAPTER_NAMES = ("lora_a", "lora_b")
+
+
+def is_adapter(name):
+    """True for the state-dict name of a LoRA adapter tensor (sp_convs.i.lora_a / lora_b)."""
+    return name.rsplit(".", 1)[-1] in _ADAPTER_NAMES
+
+
+def _spectral_layers(model):
+    from models.fno import SpectralConv2d
+
+    return [(n, m) for n, m in _unwrap(model).named_modules() if isinstance(m, SpectralConv2d)]
+
+
+def apply_finetune_mode(model, params):
+    """Freeze / add adapters as the config says (keys `finetune_mode`, `lora_rank`, `freeze`).
+
+    Call on the model before the optimizer is built (and before loading a checkpoint that
+    holds adapters). Returns the frozen parameter names. FinetuneError for an unknown mode,
+    a bad rank, or `freeze` together with a mode other than full.
+    """
+    mode = params.get("finetune_mode") or "full"
+    freeze = params.get("freeze")
+    rank = params.get("lora_rank")
+    if not isinstance(mode, str) or mode not in FINETUNE_MODES:
+        raise FinetuneError(f"finetune_mode: unknown {mode!r} (use {', '.join(FINETUNE_MODES)})")
+    if mode != "full" and freeze not in (None, False, "none", ""):
+        raise FinetuneError(f"finetune_mode: {mode} and freeze: {freeze!r} both choose what "
+                            f"trains; set one of them")
+    if rank is not None and mode != "lora":
+        raise FinetuneError(f"lora_rank is only used with finetune_mode: lora (got mode {mode})")
+    if mode == "full":
+        return freeze_parameters(model, freeze)
+    frozen = freeze_parameters(model, list(FINETUNE_MODES[mode]))
+    if mode == "lora":
+        rank = LORA_RANK_DEFAULT if rank is None else rank
+        layers = _spectral_layers(model)
+        widest = min(min(m.in_channels, m.out_channels) for _, m in layers)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= widest:
+            raise FinetuneError(f"lora_rank must be an integer in [1, {widest}] (the smallest "
+                                f"layer width), got {rank!r}")
+        for _, layer in layers:
+            layer.add_lora(rank)
+    target = _unwrap(model)
+    n_train = sum(p.numel() for p in target.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for n, p in target.named_parameters() if not is_adapter(n))
+    logging.info("fine-tuning mode %s%s: %d trainable parameters (model: %d)", mode,
+                 f" (rank {rank})" if mode == "lora" else "", n_train, n_all)
+    return frozen
+
+
+def export_state_dict(model):
+    """Plain state dict of `model` with every LoRA adapter merged into its spectral weight.
+
+    Same names and shapes as a model without adapters: eval.py, `pretrained` and the
+    published-format tools need nothing special. Without adapters: the state dict itself.
+    """
+    state = clean_state_dict(_unwrap(model).state_dict())
+    for name, layer in _spectral_layers(model):
+        if layer.lora_a is not None:
+            state[f"{name}.weight"] = layer.merged_weight().detach()
+            for a in _ADAPTER_NAMES:
+                del state[f"{name}.{a}"]
+    return state
+
+
+def has_adapters(model):
+    return any(layer.lora_a is not None for _, layer in _spectral_layers(model))
+
+
+def merge_adapters(model):
+    """Fold every LoRA adapter into its base weight in place and remove it (for inference).
+
+    The base weights keep requires_grad as they were (frozen after a LoRA run).
+    """
+    for _, layer in _spectral_layers(model):
+        layer.merge_lora()

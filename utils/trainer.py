@@ -42,8 +42,9 @@ from utils.data_utils import get_data_loader
 from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
                           TrainingDiverged, UserError)
 from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic, writing
-from utils.finetune import (clean_state_dict, describe_load_error, freeze_parameters,
-                            load_pretrained, safe_torch_load)
+from utils.finetune import (apply_finetune_mode, clean_state_dict, describe_load_error,
+                            export_state_dict, has_adapters, load_pretrained,
+                            safe_torch_load)
 from utils.config_schema import SCHEMA, defaults, param
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
@@ -256,8 +257,8 @@ class Trainer:
                          int(params.max_epochs))
 
         self.raw_model = fno(params).to(self.device)  # the module whose state is saved
-        # frozen before the optimizer and DDP see the model; re-applied on resume
-        self.frozen = freeze_parameters(self.raw_model, params.freeze)
+        # frozen / adapters added before the optimizer and DDP see the model; re-applied on resume
+        self.frozen = apply_finetune_mode(self.raw_model, params)
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         # what a user of the checkpoints needs (utils/pretrained.py); metrics added per save
         self.model_info = build_model_info(params)
@@ -316,7 +317,11 @@ class Trainer:
 
     def _checkpoint(self, step_in_epoch=0, partial=None):
         return dict(
-            model_state=clean_state_dict(self.raw_model.state_dict()),
+            # plain weights (LoRA adapters merged): what eval.py and `pretrained` load
+            model_state=export_state_dict(self.raw_model),
+            # with LoRA, the frozen base weights and the adapters apart: exact resume
+            lora_state=(clean_state_dict(self.raw_model.state_dict())
+                        if has_adapters(self.raw_model) else None),
             optimizer_state=self.optimizer.state_dict(),
             scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
             epoch=self.epoch, iters=self.iters, step_in_epoch=step_in_epoch, partial=partial,
@@ -370,7 +375,8 @@ class Trainer:
     def _restore(self, path):
         try:
             ckpt = safe_torch_load(path, map_location=self.device)
-            self.raw_model.load_state_dict(clean_state_dict(ckpt["model_state"]))
+            self.raw_model.load_state_dict(clean_state_dict(ckpt.get("lora_state")
+                                                            or ckpt["model_state"]))
             self.optimizer.load_state_dict(ckpt["optimizer_state"])
             if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler_state"])
