@@ -56,12 +56,16 @@ def _ints(text, flag):
 
 
 def plan(args):
-    """[(LocalSweep, settings)] of every trial, and the per-n training lengths."""
+    """[(LocalSweep, settings)] of every trial, and the per-n training lengths.
+
+    Seed-major order: every (approach, n) gets its first seed before any gets a second, so
+    an interrupted comparison already covers every cell.
+    """
     params = YParams(args.yaml_config, args.ft_config)
     with h5py.File(params.train_path, "r") as f:
         n_total = f["fields"].shape[0]
     batch = int(params.batch_size)
-    trials, lengths = [], {}
+    sweeps, lengths = [], {}
     for n in args.sizes:
         if n < batch or n_total % n or n % batch or args.steps % (n // batch):
             raise UserError(f"n={n}: need n >= batch {batch}, N_train {n_total} divisible by n, "
@@ -84,8 +88,8 @@ def plan(args):
                                sweep_name=f"{approach}_n{n}", sets=sets,
                                tags=[f"approach={approach}", f"n={n}"], jobs=1)
             os.makedirs(os.path.join(sweep.sweep_dir, "logs"), exist_ok=True)
-            trials += [(sweep, dict(seed=s)) for s in args.seeds]
-    return trials, lengths
+            sweeps.append(sweep)
+    return [(sw, dict(seed=s)) for s in args.seeds for sw in sweeps], lengths
 
 
 def run_trials(trials, jobs):

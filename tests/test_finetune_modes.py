@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.fno import fno
-from tests.helpers import TINY_MODEL, tiny_config, write_poisson_set
+from tests.test_finetune import pretrained  # noqa: F401  (the tiny pre-trained model fixture)
 from utils.finetune import (FinetuneError, apply_finetune_mode, export_state_dict,
                             load_pretrained, merge_adapters)
 from utils.trainer import Trainer
@@ -86,18 +86,8 @@ def test_lora_starts_exactly_at_the_base_and_merges():
         torch.testing.assert_close(model(x), adapted, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("modes")
-    up = write_poisson_set(str(tmp / "up"), n=16, sizes=(16, 8, 8), seed=0)
-    down = write_poisson_set(str(tmp / "down"), n=16, sizes=(16, 8, 8), seed=5, tag="k5_10")
-    cfg = tiny_config(tmp, up, max_epochs=1, batch_size=8)
-    Trainer(YParams(cfg, "tiny"), str(tmp / "pre")).fit()
-    return cfg, down, str(tmp / "pre/checkpoints/ckpt_best.tar")
-
-
 def _params(pretrained, **over):
-    cfg, down, weights = pretrained
+    _, _, down, cfg, weights = pretrained
     p = YParams(cfg, "tiny")
     p.update(dict(down, pretrained=weights, lr=1e-2, **over))
     return p
@@ -109,7 +99,7 @@ def _load(path):
 
 @pytest.mark.parametrize("mode", ["head", "frozen_fourier", "lora"])
 def test_mode_training_keeps_frozen_tensors(pretrained, tmp_path, mode):
-    base = _load(pretrained[2])["model_state"]
+    base = _load(pretrained[-1])["model_state"]
     t = Trainer(_params(pretrained, finetune_mode=mode, max_epochs=1), str(tmp_path / mode))
     assert t.n_params == sum(p.numel() for p in t.raw_model.parameters() if p.requires_grad)
     t.fit()
