@@ -11,7 +11,8 @@ eval.py on the best-validation checkpoint over the full downstream test set), wi
 number of optimizer steps for every n: `subsample` = N_train / n and max_epochs =
 steps / (n / batch_size) (both must divide exactly). Fine-tuned trials start from
 `--pretrained` with `finetune_mode` set; scratch trials use the scratch config.
-Rerunning the same command resumes (finished trials are skipped).
+Rerunning the same command resumes (finished trials are skipped); --report_only
+summarises the trials finished so far without training.
 
 Then every mode's training step is timed on one batch of the config's size, the modes
 alternating (`--timing_rounds` rounds) so that the load of a shared machine hits them alike;
@@ -187,11 +188,11 @@ def plot(summary, path, title):
 
 
 def markdown(summary):
-    lines = ["| approach | n | trainable parameters | test rel. L2 (mean ± std) | ms / step |",
+    lines = ["| approach | n | trainable parameters | test rel. L2 (mean ± std, seeds) | ms / step |",
              "|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {r['approach']} | {r['n']} | {r['trainable_params']:,} | "
-                     f"{r['test_rel_l2_mean']:.4f} ± {r['test_rel_l2_std']:.4f} | "
+                     f"{r['test_rel_l2_mean']:.4f} ± {r['test_rel_l2_std']:.4f} ({r['seeds']}) | "
                      f"{r['ms_per_step']:.0f} |")
     return "\n".join(lines)
 
@@ -209,6 +210,8 @@ def main(argv=None):
     p.add_argument("--lora_rank", type=int, default=4)
     p.add_argument("--jobs", type=int, default=2, help="trials at once")
     p.add_argument("--timing_rounds", type=int, default=5, help="0: skip the step timing")
+    p.add_argument("--report_only", action="store_true",
+                   help="train nothing: summarise the trials finished so far")
     p.add_argument("--root_dir", default="results/finetune_modes")
     p.add_argument("--out_dir", default="assets")
     p.add_argument("--prefix", default="finetune_modes")
@@ -223,7 +226,7 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
         trials, lengths = plan(args)
         logging.info("training lengths (same %d steps): %s", args.steps, lengths)
-        failed = run_trials(trials, args.jobs)
+        failed = [] if args.report_only else run_trials(trials, args.jobs)
         step_s = time_steps(args, args.timing_rounds) if args.timing_rounds else {}
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
