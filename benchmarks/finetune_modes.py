@@ -14,8 +14,8 @@ steps / (n / batch_size) (both must divide exactly). Fine-tuned trials start fro
 Rerunning the same command resumes (finished trials are skipped); --report_only
 summarises the trials finished so far without training.
 
-Then every mode's training step is timed on one batch of the config's size, the modes
-alternating (`--timing_rounds` rounds) so that the load of a shared machine hits them alike;
+Then every mode's training step is timed (CPU time, one thread) on one batch of the config's
+size, the modes alternating (`--timing_rounds` rounds) so that the load of a shared machine hits them alike;
 scratch trains the same tensors as full, so its step is full's.
 
 Writes {out_dir}/{prefix}_runs.csv (one row per trial), {prefix}.csv (per approach and n:
@@ -24,7 +24,6 @@ trainable parameters, test relative L2 mean and std over seeds, ms per step) and
 """
 import argparse
 import logging
-import math
 import os
 import statistics
 import sys
@@ -38,7 +37,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 from utils.errors import UserError  # noqa: E402
-from utils.scaling_plots import _atomic_csv, _atomic_savefig  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.fileio import savefig_atomic, write_csv_atomic  # noqa: E402
 from utils.sweeps import LocalSweep, trial_name  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
@@ -113,7 +113,11 @@ def run_trials(trials, jobs):
 
 
 def time_steps(args, rounds):
-    """Median seconds of one training step (forward, backward, Adam) per mode."""
+    """Median seconds of one training step (forward, backward, Adam) per mode.
+
+    CPU time of this process with one torch thread: on a machine shared with other jobs,
+    wall time measures the neighbours, CPU time the step's own work.
+    """
     import torch
 
     from models.fno import fno
@@ -123,6 +127,7 @@ def time_steps(args, rounds):
 
     params = YParams(args.yaml_config, args.ft_config)
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     b, h, w = int(params.batch_size), int(params.nx), int(params.ny)
     x = torch.randn(b, int(params.in_dim), h, w)
     y = torch.randn(b, int(params.out_dim), h, w)
@@ -135,13 +140,13 @@ def time_steps(args, rounds):
     times = {m: [] for m in MODES}
     for r in range(rounds + 1):          # round 0 warms up
         for mode, (model, opt) in setups.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             loss = batch_loss(model(x), y, params.get("loss_style", "sum"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if r:
-                times[mode].append(time.perf_counter() - t0)
+                times[mode].append(time.process_time() - t0)
     return {m: statistics.median(t) for m, t in times.items()}
 
 
@@ -183,12 +188,12 @@ def plot(summary, path, title):
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _atomic_savefig(fig, path)
+    savefig_atomic(fig, path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
 def markdown(summary):
-    lines = ["| approach | n | trainable parameters | test rel. L2 (mean ± std, seeds) | ms / step |",
+    lines = ["| approach | n | trainable parameters | test rel. L2 (mean ± std, seeds) | CPU ms / step |",
              "|---|---|---|---|---|"]
     for r in summary:
         lines.append(f"| {r['approach']} | {r['n']} | {r['trainable_params']:,} | "
@@ -216,32 +221,27 @@ def main(argv=None):
     p.add_argument("--out_dir", default="assets")
     p.add_argument("--prefix", default="finetune_modes")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        args.sizes, args.seeds = _ints(args.sizes, "--sizes"), _ints(args.seeds, "--seeds")
-        if args.steps < 1 or args.jobs < 1 or args.lr <= 0:
-            raise UserError("--steps and --jobs must be >= 1 and --lr > 0")
-        if not os.path.isfile(args.pretrained):
-            raise UserError(f"pre-trained checkpoint not found: {args.pretrained}")
-        os.makedirs(args.out_dir, exist_ok=True)
-        trials, lengths = plan(args)
-        logging.info("training lengths (same %d steps): %s", args.steps, lengths)
-        failed = [] if args.report_only else run_trials(trials, args.jobs)
-        step_s = time_steps(args, args.timing_rounds) if args.timing_rounds else {}
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    args.sizes, args.seeds = _ints(args.sizes, "--sizes"), _ints(args.seeds, "--seeds")
+    if args.steps < 1 or args.jobs < 1 or args.lr <= 0:
+        raise UserError("--steps and --jobs must be >= 1 and --lr > 0")
+    if not os.path.isfile(args.pretrained):
+        raise UserError(f"pre-trained checkpoint not found: {args.pretrained}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    trials, lengths = plan(args)
+    logging.info("training lengths (same %d steps): %s", args.steps, lengths)
+    failed = [] if args.report_only else run_trials(trials, args.jobs)
+    step_s = time_steps(args, args.timing_rounds) if args.timing_rounds else {}
     rows = []
     for sweep, settings in trials:
-        row = sweep.trial_row(trial_name(settings), settings, failed=False)
+        row = sweep.trial_row(trial_name(settings), settings)
         row["n"] = int(row["n"])
         rows.append(row)
     fields = ["approach", "n", "seed", "n_train", "n_params", "best_val_rel_l2", "best_epoch",
               "epochs", "test_rel_l2_mean", "test_rel_l2_median", "n_test", "status", "run_dir"]
-    _atomic_csv(os.path.join(args.out_dir, f"{args.prefix}_runs.csv"), rows, fields)
+    write_csv_atomic(os.path.join(args.out_dir, f"{args.prefix}_runs.csv"), rows, fields)
     summary = summarise(rows, step_s)
-    _atomic_csv(os.path.join(args.out_dir, f"{args.prefix}.csv"), summary, list(summary[0])
-                if summary else ["approach"])
+    write_csv_atomic(os.path.join(args.out_dir, f"{args.prefix}.csv"), summary,
+                     list(summary[0]) if summary else ["approach"])
     if summary:
         plot(summary, os.path.join(args.out_dir, f"{args.prefix}.png"),
              f"{args.ft_config} / {args.scratch_config}: {args.steps} steps, lr {args.lr:g}, "
@@ -253,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -6,7 +6,8 @@ import torch
 
 from models.fno import fno
 from tests.test_finetune import pretrained  # noqa: F401  (the tiny pre-trained model fixture)
-from utils.finetune import (FinetuneError, apply_finetune_mode, export_state_dict,
+from utils.errors import FinetuneError
+from utils.finetune import (apply_finetune_mode, export_state_dict,
                             load_pretrained, merge_adapters)
 from utils.trainer import Trainer
 from utils.YParams import YParams

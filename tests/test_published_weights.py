@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from models.fno import fno
 from tests.helpers import tiny_config, write_poisson_set
-from utils.finetune import FinetuneError, load_pretrained
+from utils.errors import FinetuneError
+from utils.finetune import load_pretrained
 from utils.YParams import YParams
 
 # Non-square widths, m1 != m2 and a non-square grid: a swapped axis or transposed weight
