@@ -191,7 +191,8 @@ def build_model_info(params, metrics=None, n_params=None):
     training = dict(config=name, n_train=sum(d["n_samples"] for d in files) // max(
         1, int(_get(params, "subsample", 1) or 1)))
     for key in ("max_epochs", "batch_size", "lr", "optimizer", "scheduler", "loss_func",
-                "loss_style", "seed", "subsample", "freeze"):
+                "loss_style", "seed", "subsample", "freeze", "finetune_mode",
+                "lora_rank"):
         training[key] = plain(_get(params, key))
     training["pretrained"] = os.path.basename(pretrained) if pretrained else None
     return dict(
