@@ -122,7 +122,7 @@ def time_steps(args, rounds):
 
     from models.fno import fno
     from utils.finetune import apply_finetune_mode
-    from utils.inferencer import batch_loss
+    from utils.loss_utils import TrainingLoss
     from utils.trainer import build_optimizer
 
     params = YParams(args.yaml_config, args.ft_config)
@@ -131,6 +131,7 @@ def time_steps(args, rounds):
     b, h, w = int(params.batch_size), int(params.nx), int(params.ny)
     x = torch.randn(b, int(params.in_dim), h, w)
     y = torch.randn(b, int(params.out_dim), h, w)
+    loss_fn = TrainingLoss.from_params(params)
     setups = {}
     for mode in MODES:
         model = fno(params)
@@ -141,7 +142,7 @@ def time_steps(args, rounds):
     for r in range(rounds + 1):          # round 0 warms up
         for mode, (model, opt) in setups.items():
             t0 = time.process_time()
-            loss = batch_loss(model(x), y, params.get("loss_style", "sum"))
+            loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -193,12 +194,25 @@ def plot(summary, path, title):
 
 
 def markdown(summary):
-    lines = ["| approach | n | trainable parameters | test rel. L2 (mean ± std, seeds) | CPU ms / step |",
-             "|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {r['approach']} | {r['n']} | {r['trainable_params']:,} | "
-                     f"{r['test_rel_l2_mean']:.4f} ± {r['test_rel_l2_std']:.4f} ({r['seeds']}) | "
-                     f"{r['ms_per_step']:.0f} |")
+    """One row per approach: trainable parameters, test error per n (mean ± std over seeds;
+    the number of seeds when not all finished), CPU ms per step."""
+    sizes = sorted({r["n"] for r in summary})
+    lines = ["| approach | trainable parameters | " + " | ".join(
+        f"test rel. L2, n = {n}" for n in sizes) + " | CPU ms / step |",
+        "|---" * (len(sizes) + 3) + "|"]
+    for approach in APPROACHES:
+        cells = {r["n"]: r for r in summary if r["approach"] == approach}
+        if not cells:
+            continue
+        first = next(iter(cells.values()))
+        errs = []
+        for n in sizes:
+            r = cells.get(n)
+            errs.append("-" if r is None else f"{r['test_rel_l2_mean']:.4f} ± "
+                        f"{r['test_rel_l2_std']:.4f}" + ("" if r["seeds"] == max(
+                            c["seeds"] for c in summary) else f" ({r['seeds']} seeds)"))
+        lines.append(f"| {approach} | {first['trainable_params']:,} | " + " | ".join(errs)
+                     + f" | {first['ms_per_step']:.0f} |")
     return "\n".join(lines)
 
 
