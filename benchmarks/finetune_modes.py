@@ -251,7 +251,7 @@ def main(argv=None):
         row["n"] = int(row["n"])
         rows.append(row)
     fields = ["approach", "n", "seed", "n_train", "n_params", "best_val_rel_l2", "best_epoch",
-              "epochs", "test_rel_l2_mean", "test_rel_l2_median", "n_test", "status", "run_dir"]
+              "epochs", "test_rel_l2_mean", "test_rel_l2_median", "n_test", "status"]
     write_csv_atomic(os.path.join(args.out_dir, f"{args.prefix}_runs.csv"), rows, fields)
     summary = summarise(rows, step_s)
     write_csv_atomic(os.path.join(args.out_dir, f"{args.prefix}.csv"), summary,
