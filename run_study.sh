@@ -45,7 +45,7 @@ case "$PRESET" in
     LRS=${LRS:-"3e-4,1e-3,3e-3"}
     SEEDS=${SEEDS-"0,1,2"}
     N_TRAIN=${N_TRAIN-"8,32,64,128,512"}                    # random nested subsets of 1024 examples
-    EXTEND_LR=${EXTEND_LR:-1}
+    EXTEND_LR=${EXTEND_LR:-2}
     STUDY_SET=${STUDY_SET-"min_steps=100 max_epochs=8"}
     TARGETS=${TARGETS:-"0.1 0.07 0.05"}
     OUT=${OUT:-assets}; PREFIX=${PREFIX:-study_cpu}
