@@ -52,7 +52,7 @@ case "$PRESET" in
     # pre-training and downstream sets use different seeds (independent sources)
     PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="1,5" \
       NTRAIN=2048 NVAL=128 NTEST=128 SEED=0 PYTHON=$PYTHON bash run_gen_data.sh
-    PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="5,10" \
+    PRESET=demo DATA_DIR=data/study PDES=poisson POISSON_RANGES="${DOWN_RANGE:-5,10}" \
       NTRAIN=1024 NVAL=64 NTEST=256 SEED=1 PYTHON=$PYTHON bash run_gen_data.sh ;;
   paper)
     ROOT=${ROOT:-results}
