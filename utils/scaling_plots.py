@@ -540,12 +540,23 @@ def _atomic_savefig(fig, path):
 
 
 def _model_order(rows, selected):
+    """Panels by parameter count, then in the order the tables named them (e.g. shifts)."""
+    size, first = defaultdict(list), {}
+    for i, r in enumerate(rows):
+        size[r["model"]].append(r["n_params"])
+        first.setdefault(r["model"], i)
+    models = {s["model"] for s in selected}
+    return sorted(models, key=lambda m: (np.nanmean(size[m]) if np.isfinite(size[m]).any()
+                                         else math.inf, first[m]))
+
+
+def _params_of(rows):
+    """{panel: mean parameter count} of the panels whose count is known."""
     size = defaultdict(list)
     for r in rows:
-        size[r["model"]].append(r["n_params"])
-    models = sorted({s["model"] for s in selected})
-    return sorted(models, key=lambda m: (np.nanmean(size[m]) if np.isfinite(size[m]).any()
-                                         else math.inf, m))
+        if math.isfinite(r["n_params"]):
+            size[r["model"]].append(r["n_params"])
+    return {m: float(np.mean(v)) for m, v in size.items()}
 
 
 def _pyplot():
@@ -609,15 +620,58 @@ def plot_data_scaling(selected, points, fits, models, zero_shot, targets, path, 
             m, p = _draw_curve(ax, curves[(model, approach)], pts, fits.get((model, approach)),
                                style, approach)
             shown += list(m) + list(p)
-        zs = zero_shot.get(model, zero_shot.get(None))
-        if zs is not None:
-            ax.axhline(zs, color="k", ls="--", lw=1, label=f"zero-shot {zs:.3g}")
+        for k, (key, zs) in enumerate(_zero_shots_of(zero_shot, model)):
+            which = key.partition("|")[2] if key else ""
+            ax.axhline(zs, color="k", ls=("--", "-.", ":")[k % 3], lw=1,
+                       label=f"zero-shot{' (' + which + ')' if which else ''} {zs:.3g}")
             shown.append(zs)
         for t in targets:
             ax.axhline(t, color="0.6", ls=":", lw=1, label=f"target {t:g}")
         _style_axis(ax, model)
     _set_ylim(axes[0][0], shown)
     _finish_figure(fig, axes, title, path)
+
+
+def _zero_shots_of(zero_shot, model):
+    """[(key, error)] of one panel: key MODEL, MODEL|APPROACH (e.g. another pre-training), or
+    None (every panel) when the panel has none of its own."""
+    own = [(k, v) for k, v in zero_shot.items() if k is not None and k.partition("|")[0] == model]
+    return own or ([(None, zero_shot[None])] if None in zero_shot else [])
+
+
+def plot_params_scaling(table, path, title=""):
+    """Test error at each fixed n vs parameter count, one panel per approach (model scaling).
+
+    table: rows of `params_table` (model, n_params, approach, n_train, test, test_ci_low,
+    test_ci_high); one line per n_train, the 95% band over seeds around it."""
+    plt = _pyplot()
+    approaches = sorted({t["approach"] for t in table})
+    fig, axes = plt.subplots(1, len(approaches), figsize=(4.6 * len(approaches), 3.8),
+                             squeeze=False, sharey=True)
+    ns = sorted({t["n_train"] for t in table})
+    cmap = plt.get_cmap("plasma")
+    for ax, approach in zip(axes[0], approaches):
+        for i, n in enumerate(ns):
+            line = sorted((t for t in table if (t["approach"], t["n_train"]) == (approach, n)),
+                          key=lambda t: t["n_params"])
+            if not line:
+                continue
+            color = cmap(i / max(1, len(ns)))
+            x = [t["n_params"] for t in line]
+            ax.plot(x, [t["test"] for t in line], marker="o", color=color, label=f"n={n}")
+            lo = np.array([t["test_ci_low"] for t in line])
+            if np.isfinite(lo).any():
+                ax.fill_between(x, np.where(lo > 0, lo, 1e-30), [t["test_ci_high"] for t in line],
+                                color=color, alpha=0.15, lw=0)
+        _style_axis(ax, approach, "parameters")
+        ax.set_xscale("log")
+    _set_ylim(axes[0][0], [t["test"] for t in table])
+    _finish_figure(fig, axes, title + (f" (bands: {CI_KIND})" if title else ""), path)
+
+
+def params_table(selected, params):
+    """Selected rows of the panels with a known parameter count, with `n_params` added."""
+    return [{**s, "n_params": params[s["model"]]} for s in selected if s["model"] in params]
 
 
 def _style_axis(ax, panel_title, xlabel="downstream training examples"):
@@ -747,6 +801,20 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
     _atomic_csv(files["examples"], table, ex_fields + ["ratio_fit", "ratio_fit_low",
                                                        "ratio_fit_high"])
     plot_data_scaling(selected, points, fits, models, zs, targets, files["data_png"], title)
+    if zs:
+        files["zero_shot"] = os.path.join(out_dir, f"{prefix}_zero_shot.csv")
+        _atomic_csv(files["zero_shot"], [{"model": (k or "all").partition("|")[0],
+                                          "pretraining": (k or "").partition("|")[2] or "own",
+                                          "test": v} for k, v in zs.items()],
+                    ["model", "pretraining", "test"])
+    params = _params_of(rows)
+    if len(set(params.values())) > 1:        # panels of different sizes: model scaling
+        files["params"] = os.path.join(out_dir, f"{prefix}_vs_params.csv")
+        files["params_png"] = os.path.join(out_dir, f"{prefix}_vs_params.png")
+        ptab = params_table(selected, params)
+        _atomic_csv(files["params"], [{**t, **ci} for t in ptab],
+                    ["model", "n_params"] + SELECTED_FIELDS[1:])
+        plot_params_scaling(ptab, files["params_png"], title)
     if len(models) > 1:
         files["model_png"] = os.path.join(out_dir, f"{prefix}_model_scaling.png")
         plot_model_scaling(selected, models, files["model_png"], title)
