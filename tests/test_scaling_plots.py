@@ -111,11 +111,33 @@ def test_model_size_panels_and_zero_shot(tmp_path):
         w.writerows(rows)
     summary = tmp_path / "zs.json"
     summary.write_text('{"test_rel_l2_mean": 0.25}')
-    res = sp.analyse([str(path)], str(tmp_path / "out"), zero_shot=[f"small={summary}"])
-    assert set(res["files"]) >= {"data_png", "model_png"}
+    res = sp.analyse([str(path)], str(tmp_path / "out"),
+                     zero_shot=[f"small={summary}", "small|mixed=0.125"])
+    assert set(res["files"]) >= {"data_png", "model_png", "params_png", "zero_shot"}
     assert any(line == "[small] zero-shot test rel. L2 0.25" for line in res["lines"])
     # ordered by parameter count, not alphabetically
     assert sp._model_order(sp.clean_rows(rows), res["selected"]) == ["small", "large"]
+    # error at fixed n vs parameter count: one row per (size, approach, n), the chosen lr's
+    with open(res["files"]["params"]) as f:
+        table = {(r["model"], int(r["n_train"])): r for r in csv.DictReader(f)}
+    assert len(table) == 2 * 5
+    assert float(table[("large", 64)]["n_params"]) == 2.56e8
+    assert float(table[("large", 64)]["test"]) == pytest.approx(0.2 * 64 ** -0.5)
+    assert float(table[("small", 8)]["lr"]) == 1e-3
+    with open(res["files"]["zero_shot"]) as f:
+        zs = {(r["model"], r["pretraining"]): float(r["test"]) for r in csv.DictReader(f)}
+    assert zs == {("small", "own"): 0.25, ("small", "mixed"): 0.125}
+
+
+def test_panels_of_one_size_keep_command_line_order(tmp_path):
+    specs = []
+    for k, panel in enumerate(("K 2.5-7.5", "K 5-10", "K 10-20")):   # not alphabetical
+        rows = _power_law_rows(0.3 + 0.1 * k, 0.5, NS[:3], approach="finetune")
+        specs.append(_write(tmp_path / f"r{k}.csv", rows) + f"@model={panel}")
+    res = sp.analyse(specs, str(tmp_path / "out"))
+    rows = sp.clean_rows([r for s in specs for r in sp.read_results(s)])
+    assert sp._model_order(rows, res["selected"]) == ["K 2.5-7.5", "K 5-10", "K 10-20"]
+    assert "params_png" not in res["files"]          # one size: no model-scaling figure
 
 
 def test_cli_errors_are_one_line(tmp_path):
