@@ -32,7 +32,7 @@
 # epochs of the mixed pre-training), PT_SIZES / DOWN_SIZES (cpu: "train val test" samples of
 # the pre-training / downstream sets), ANALYSE_ONLY=1 (no training: figure and tables from the
 # runs already there), headline only: YAML / PT / FT / SC (config file and names of another
-# single transfer).
+# single transfer; its sweeps are named PREFIX_finetune / PREFIX_scratch).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -188,7 +188,8 @@ case "$STUDY" in
         tag=$(shift_tag "$r")
         if [ "$STUDY" = headline ] && [ -n "${FT:-}" ]; then ft=$FT; sc=$SC; else
           ft=$FT_P$tag; sc=$SC_P$tag; fi
-        name=$BASE$([ "$r" = 5,10 ] || echo "_$tag")$SFX
+        if [ "$STUDY" = headline ]; then name=$PREFIX$SFX
+        else name=$BASE$([ "$r" = 5,10 ] || echo "_$tag")$SFX; fi
         panel="K ${r/,/-}${SFX:+ ${SFX#_}}"                     # no commas in labels
         transfer "${YAML:-$P}" "${PT:-$PT_P}" "$(run_of "$SFX")" "$ft" "$sc" "$name" "$panel" \
           ${SZ[@]+"${SZ[@]}"}
