@@ -208,6 +208,12 @@ case "$STUDY" in
     done
     TITLE="Poisson (1,5) -> (5,10), model sizes [$PRESET]" ;;
   physics|mixed)
+    [ "$STUDY" = mixed ] || for loss in ${LOSSES:-mse rel_l2}; do   # before hours of runs
+      $PYTHON -c "import sys; from utils.loss_utils import LOSS_FUNCS
+sys.exit(sys.argv[1] not in LOSS_FUNCS)" "$loss" 2>/dev/null || {
+        echo "error: loss_func '$loss' is not one this code trains with (utils/loss_utils.py)" >&2
+        exit 2; }
+    done
     [ "$ANALYSE_ONLY" = 1 ] || {
       gen_pt ad 0.2,1; gen_down ad 1,2; gen_pt helmholtz 1,10; gen_down helmholtz 10,20; }
     size_sets "$SIZE1"
