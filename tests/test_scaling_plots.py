@@ -396,3 +396,11 @@ def test_old_table_without_seed_has_point_estimates_only(tmp_path):
     assert row["test_ci_low"] == "nan" and row["n_seeds"] == "1"
     with open(res["files"]["seeds"]) as f:
         assert {r["seed"] for r in csv.DictReader(f)} == {"0"}
+
+
+def test_flat_fit_never_reaches_target_without_overflow():
+    """A fit with b near 0 (tiny or noisy studies) puts the target at n = e^5000: 'never'."""
+    for cov in (None, np.eye(2)):
+        fit = {"a": 1.0, "b": 1e-4, "c": 0.0, "cov": cov, "form": "a*n^-b"}
+        n, _ = sp.fit_inverse(fit, 0.5)
+        assert n == math.inf

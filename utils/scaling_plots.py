@@ -175,6 +175,12 @@ def _t_quantile(dof, conf=CONF):
     return float(stats.t.ppf(0.5 + conf / 2, dof)) if dof >= 1 else NAN
 
 
+def _exp(x):
+    """exp that saturates at inf: a flat fit (b near 0) or a wide interval on log n can ask
+    for n = e^1000, which is 'never' here, not an error."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def fit_power_law(ns, errs, allow_floor=True, with_interval=True, conf=CONF):
     """Fit err = a n^-b (+ c) to points (ns, errs), residuals in log err.
 
@@ -197,7 +203,7 @@ def fit_power_law(ns, errs, allow_floor=True, with_interval=True, conf=CONF):
     rss0 = float(np.sum((y - A @ np.array([la, b])) ** 2))
     dof0 = m - 2
     cov0 = rss0 / dof0 * np.linalg.inv(A.T @ A) if dof0 >= 1 else None
-    fit = {"form": "a*n^-b", "a": math.exp(la), "b": float(b), "c": 0.0, "cov": cov0,
+    fit = {"form": "a*n^-b", "a": _exp(la), "b": float(b), "c": 0.0, "cov": cov0,
            "dof": dof0, "rss": rss0, "floor_p": NAN, "n_points": m, "n_sizes": sizes,
            "n_min": float(np.min(ns)), "n_max": float(np.max(ns))}
     # the floor needs a spare degree of freedom and a visible misfit of the pure law
@@ -229,7 +235,7 @@ def _fit_floor(x, y, la0, b0, rss0, m):
     p_val = float(stats.f.sf(f_stat, 1, dof1))
     c, c_se = float(p[2]), math.sqrt(max(cov[2, 2], 0.0))
     if p_val < FLOOR_P and c > 0 and c - _t_quantile(dof1) * c_se > 0:
-        return {"form": "a*n^-b+c", "a": math.exp(p[0]), "b": float(p[1]), "c": c, "cov": cov,
+        return {"form": "a*n^-b+c", "a": _exp(p[0]), "b": float(p[1]), "c": c, "cov": cov,
                 "dof": dof1, "rss": rss1, "floor_p": p_val}
     return {"floor_p": p_val}
 
@@ -245,7 +251,7 @@ def _add_intervals(fit, with_interval, conf):
         return
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     la = math.log(fit["a"])
-    fit["a_low"], fit["a_high"] = math.exp(la - q * se[0]), math.exp(la + q * se[0])
+    fit["a_low"], fit["a_high"] = _exp(la - q * se[0]), _exp(la + q * se[0])
     fit["b_low"], fit["b_high"] = fit["b"] - q * se[1], fit["b"] + q * se[1]
     if fit["form"] == "a*n^-b+c":
         fit["c_low"], fit["c_high"] = fit["c"] - q * se[2], fit["c"] + q * se[2]
@@ -268,13 +274,13 @@ def fit_inverse(fit, err, err_se=0.0):
         return math.inf, NAN
     log_n = (math.log(a) - math.log(err - c)) / b
     if fit["cov"] is None:
-        return math.exp(log_n), NAN
+        return _exp(log_n), NAN
     grad = [1.0 / b, -log_n / b]                       # d log n / d(log a, b)
     if fit["form"] == "a*n^-b+c":
         grad.append(1.0 / (b * (err - c)))             # d log n / d c
     grad = np.asarray(grad)
     var = float(grad @ fit["cov"] @ grad) + (err_se / (b * (err - c))) ** 2
-    return math.exp(log_n), math.sqrt(max(var, 0.0))
+    return _exp(log_n), math.sqrt(max(var, 0.0))
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -398,7 +404,7 @@ def _fit_needed(fit, target):
     """(n, low, high, extrapolated, se of log n, dof) for a target from a fit."""
     n, se = fit_inverse(fit, target)
     q = _t_quantile(fit["dof"])
-    lo, hi = (n * math.exp(-q * se), n * math.exp(q * se)) if math.isfinite(se) else (NAN, NAN)
+    lo, hi = (n * _exp(-q * se), n * _exp(q * se)) if math.isfinite(se) else (NAN, NAN)
     extra = int(not fit["n_min"] <= n <= fit["n_max"])
     return n, lo, hi, extra, se, fit["dof"]
 
@@ -437,8 +443,8 @@ def examples_table(selected, targets, finetune="finetune", scratch="scratch", fi
                 q = _t_quantile(min(dof_f, dof_s))
                 ok = math.isfinite(se) and math.isfinite(ratio) and math.isfinite(q)
                 row["ratio_fit"] = ratio
-                row["ratio_fit_low"] = ratio * math.exp(-q * se) if ok else NAN
-                row["ratio_fit_high"] = ratio * math.exp(q * se) if ok else NAN
+                row["ratio_fit_low"] = ratio * _exp(-q * se) if ok else NAN
+                row["ratio_fit_high"] = ratio * _exp(q * se) if ok else NAN
             table.append(row)
     return table
 
@@ -464,7 +470,7 @@ def effective_data(selected, fits, finetune="finetune", scratch="scratch"):
         d_e, se = fit_inverse(fit, s["test"], err_se)
         q = _t_quantile(min(fit["dof"], k - 1))
         ok = math.isfinite(se) and math.isfinite(q) and math.isfinite(d_e)
-        lo, hi = (d_e * math.exp(-q * se), d_e * math.exp(q * se)) if ok else (NAN, NAN)
+        lo, hi = (d_e * _exp(-q * se), d_e * _exp(q * se)) if ok else (NAN, NAN)
         n = s["n_train"]
         out.append({"model": s["model"], "n_train": n, "finetune_test": s["test"],
                     "scratch_equivalent_n": d_e, "D_E_low": lo, "D_E_high": hi,
