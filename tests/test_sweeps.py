@@ -294,12 +294,15 @@ def test_two_runners_of_one_sweep_never_run_a_trial_twice(tmp_path):
         return sweep
 
     results = []
-    runners = [threading.Thread(target=lambda: results.append(
-        slow(objective_sweep(tmp_path, 1, calls)).run())) for _ in range(2)]
+    # both runners are built before either starts (building one rewrites the config file the
+    # other reads); each thread then only runs its sweep
+    sweeps_ = [slow(objective_sweep(tmp_path, 1, calls)) for _ in range(2)]
+    runners = [threading.Thread(target=lambda s=s: results.append(s.run())) for s in sweeps_]
     for t in runners:
         t.start()
     for t in runners:
         t.join()
+    assert len(results) == 2, "a runner raised instead of finishing"
     assert len(calls) == len(set(calls)) == 2 * (3 + 4 + 4)
     for path, failed in results:
         assert failed == [] and {r["status"] for r in _results(path).values()} == {"done"}
