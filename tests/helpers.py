@@ -110,3 +110,15 @@ def child_pids(pid):
             if int(fields[1]) == pid and fields[0] != "Z":
                 out.append(int(d))
     return out
+
+
+def train_tiny_poisson(tmp):
+    """Train the tiny Poisson config for 2 epochs in `tmp` (n = 16, 32/8/11 samples).
+
+    Returns (data paths, config path, path of the best checkpoint)."""
+    from utils.trainer import Trainer
+    from utils.YParams import YParams
+    data = write_poisson_set(str(tmp / "data"), n=16, sizes=(32, 8, 11))
+    cfg = tiny_config(tmp, data, max_epochs=2)
+    Trainer(YParams(cfg, "tiny"), str(tmp / "res/expts/tiny/0")).fit()
+    return data, cfg, str(tmp / "res/expts/tiny/0/checkpoints/ckpt_best.tar")

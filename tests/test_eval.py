@@ -9,20 +9,16 @@ import pytest
 import torch
 
 from models.fno import fno
-from tests.helpers import poisson_samples, tiny_config, write_poisson_set, write_split
+from tests.helpers import poisson_samples, train_tiny_poisson, write_split
 from utils.YParams import REPO_ROOT, YParams
 from utils.data_utils import PDEDataset
 from utils.inferencer import run_eval
-from utils.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
-    data = write_poisson_set(str(tmp / "data"), n=16, sizes=(32, 8, 11))
-    cfg = tiny_config(tmp, data, max_epochs=2)
-    Trainer(YParams(cfg, "tiny"), str(tmp / "res/expts/tiny/0")).fit()
-    return tmp, data, cfg, str(tmp / "res/expts/tiny/0/checkpoints/ckpt_best.tar")
+    return (tmp, *train_tiny_poisson(tmp))
 
 
 def test_eval_cli_outputs(trained):

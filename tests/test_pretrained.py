@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.fno import resolve_config
-from tests.helpers import poisson_samples, tiny_config, write_poisson_set, write_split
+from tests.helpers import poisson_samples, train_tiny_poisson, write_split
 from utils.YParams import REPO_ROOT, YParams
 from utils.cli import run_cli
 from utils.errors import CheckpointError, DataError
@@ -25,11 +25,8 @@ from utils.trainer import Trainer
 def run(tmp_path_factory):
     """A tiny Poisson model trained for 2 epochs (n = 16, modes 4)."""
     tmp = tmp_path_factory.mktemp("pre")
-    data = write_poisson_set(str(tmp / "data"), n=16, sizes=(32, 8, 11))
-    cfg = tiny_config(tmp, data, max_epochs=2)
-    Trainer(YParams(cfg, "tiny"), str(tmp / "res/expts/tiny/0")).fit()
-    return dict(tmp=tmp, data=data, cfg=cfg,
-                weights=str(tmp / "res/expts/tiny/0/checkpoints/ckpt_best.tar"))
+    data, cfg, weights = train_tiny_poisson(tmp)
+    return dict(tmp=tmp, data=data, cfg=cfg, weights=weights)
 
 
 def rel_errors(pred, target):
