@@ -3,7 +3,7 @@
 #
 #   bash run_study.sh                      # headline: Poisson (1,5) -> (5,10), 64x64
 #   STUDY=shifts  bash run_study.sh        # Q1 data scaling under shift: (1,5) -> (2.5,7.5),
-#                                          #    (5,10), (10,20); one panel per shift, 64x64
+#                                          #    (5,10), (10,20); one panel per shift, 32x32
 #   STUDY=sizes   bash run_study.sh        # Q2 model scaling: 4 sizes (17K-1.06M), 32x32
 #   STUDY=physics bash run_study.sh        # Q3 AD (0.2,1)->(1,2), Helmholtz (1,10)->(10,20),
 #                                          #    each with loss_func mse and rel_l2, 32x32
@@ -28,7 +28,7 @@
 # for a smoke test; it wins over STUDY_SET), TARGETS (target errors), OUT (figure and table
 # directory), PREFIX (output names; default per study), LAUNCHER (prefix of train.py), PYTHON,
 # SHIFTS (Q1: downstream Poisson ranges), SIZES (mode_cut:embed_cut pairs: model sizes of
-# Q2; SIZE1: the one size of Q3 and Q4), LOSSES (Q3: loss_func values), MIXED_EPOCHS (Q4:
+# Q2; SIZE1: the one size of Q1, Q3 and Q4), LOSSES (Q3: loss_func values), MIXED_EPOCHS (Q4:
 # epochs of the mixed pre-training), PT_SIZES / DOWN_SIZES (cpu: "train val test" samples of
 # the pre-training / downstream sets), ANALYSE_ONLY=1 (no training: figure and tables from the
 # runs already there), headline only: YAML / PT / FT / SC (config file and names of another
@@ -57,25 +57,24 @@ case "$PRESET" in
     STUDY_SET=${STUDY_SET-"min_steps=100 max_epochs=8"}
     TARGETS=${TARGETS:-"0.1 0.07 0.05"}
     OUT=${OUT:-assets}; BASE=study_cpu
-    # 64x64 (headline, shifts) or 32x32 (sizes, physics, mixed); pre-training 2048/128/128
+    # 64x64 (headline) or 32x32 (shifts, sizes, physics, mixed); pre-training 2048/128/128
     # (seed 0) and downstream 1024/64/256 samples (seed 1: independent sources); 64
     # validation samples choose the lr, 256 test samples measure the error
-    case "$STUDY" in headline|shifts) D=data/study; N=64 ;; *) D=data/study32; N=32 ;; esac
+    case "$STUDY" in headline) D=data/study; N=64 ;; *) D=data/study32; N=32 ;; esac
     gen() { PRESET=demo DATA_DIR=$D N=$N PDES=$1 POISSON_RANGES=$2 AD_RANGES=$2 HELM_RANGES=$2 \
               NTRAIN=$3 NVAL=$4 NTEST=$5 SEED=$6 PYTHON=$PYTHON bash run_gen_data.sh; }
     read -r -a PT_N <<< "${PT_SIZES:-2048 128 128}"          # train val test
     read -r -a DOWN_N <<< "${DOWN_SIZES:-1024 64 256}"
     gen_pt() { gen "$1" "$2" "${PT_N[@]}" 0; }
     gen_down() { gen "$1" "$2" "${DOWN_N[@]}" 1; }
-    # configs: Q1 64x64 poisson-cpu-*; Q2-Q4 32x32 *-cpu32-* (size set by SIZES)
+    # configs: headline 64x64 poisson-cpu-*; Q1-Q4 32x32 *-cpu32-* (size from SIZE1 / SIZES)
     PT_P=poisson-cpu-pt-k1_5; FT_P=poisson-cpu-ft-; SC_P=poisson-cpu-scratch-
-    # pre-training / fine-tuning / from-scratch configs of Q2-Q4 (32x32; size from SIZES)
     PPT=poisson-cpu32-pt-k1_5; PFT=poisson-cpu32-ft-k5_10; PSC=poisson-cpu32-scratch-k5_10
     APT=ad-cpu32-pt-adr0p2_1; AFT=ad-cpu32-ft-adr1_2; ASC=ad-cpu32-scratch-adr1_2
     HPT=helm-cpu32-pt-o1_10; HFT=helm-cpu32-ft-o10_20; HSC=helm-cpu32-scratch-o10_20
     XPT=mixed-cpu32-pt; XFT=mixed-cpu32-ft-
     MIXED_SCALES=$D/mixed_train_scales.npy
-    SIZE1=${SIZE1:-8:16}                               # the one size of Q3 and Q4
+    SIZE1=${SIZE1:-8:16}                               # the one size of Q1, Q3 and Q4
     MIXED_EPOCHS=${MIXED_EPOCHS:-8}                    # single-PDE pre-training: 24 epochs
     ;;
   paper)
@@ -174,26 +173,30 @@ sfx_of() { [ "$1" = 0 ] || echo "_$1"; }                           # run label -
 shift_tag() { echo "k$(echo "$1" | sed 's/\./p/g; s/,/_/')"; }    # 2.5,7.5 -> k2p5_7p5
 
 case "$STUDY" in
-  headline|shifts)
-    # the headline is the (5,10) transfer of Q1; its runs keep the names study_cpu_*
-    if [ "$STUDY" = headline ]; then SHIFTS=${SHIFTS:-5,10}; else SHIFTS=${SHIFTS:-"2.5,7.5 5,10 10,20"}; fi
-    PREFIX=${PREFIX:-$BASE$([ "$STUDY" = shifts ] && echo _shifts)}
-    if [ "$ANALYSE_ONLY" != 1 ]; then
-      gen_pt poisson 1,5
-      for r in $SHIFTS; do gen_down poisson "$r"; done
-    fi
+  headline)
+    # Poisson (1,5) -> (5,10) at 64x64, the model size of the configs; its runs are named
+    # study_cpu_*; YAML / PT / FT / SC / SHIFTS / SIZES run another single transfer
+    SHIFTS=${SHIFTS:-5,10}; PREFIX=${PREFIX:-$BASE}
+    [ "$ANALYSE_ONLY" = 1 ] || { gen_pt poisson 1,5; for r in $SHIFTS; do gen_down poisson "$r"; done; }
     for size in ${SIZES:-default}; do
       size_sets "$size"
       for r in $SHIFTS; do
         tag=$(shift_tag "$r")
-        if [ "$STUDY" = headline ] && [ -n "${FT:-}" ]; then ft=$FT; sc=$SC; else
-          ft=$FT_P$tag; sc=$SC_P$tag; fi
-        if [ "$STUDY" = headline ]; then name=$PREFIX$SFX
-        else name=$BASE$([ "$r" = 5,10 ] || echo "_$tag")$SFX; fi
-        panel="K ${r/,/-}${SFX:+ ${SFX#_}}"                     # no commas in labels
-        transfer "${YAML:-$P}" "${PT:-$PT_P}" "$(run_of "$SFX")" "$ft" "$sc" "$name" "$panel" \
-          ${SZ[@]+"${SZ[@]}"}
+        ft=${FT:-$FT_P$tag}; sc=${SC:-$SC_P$tag}
+        transfer "${YAML:-$P}" "${PT:-$PT_P}" "$(run_of "$SFX")" "$ft" "$sc" "$PREFIX$SFX" \
+          "K ${r/,/-}${SFX:+ ${SFX#_}}" ${SZ[@]+"${SZ[@]}"}
       done
+    done
+    TITLE="Poisson (1,5) -> (5,10) [$PRESET]" ;;
+  shifts)
+    # Q1 at the size SIZE1 of Q3/Q4; the (5,10) transfer is the one of STUDY=sizes / mixed
+    SHIFTS=${SHIFTS:-"2.5,7.5 5,10 10,20"}; PREFIX=${PREFIX:-${BASE}_shifts}
+    [ "$ANALYSE_ONLY" = 1 ] || { gen_pt poisson 1,5; for r in $SHIFTS; do gen_down poisson "$r"; done; }
+    size_sets "$SIZE1"
+    for r in $SHIFTS; do
+      tag=$(shift_tag "$r")
+      transfer $P $PPT "$(run_of "$SFX")" "${PFT%k5_10}$tag" "${PSC%k5_10}$tag" \
+        "${BASE}_poisson_$tag$SFX" "K ${r/,/-}" "${SZ[@]}"            # no commas in labels
     done
     TITLE="Poisson (1,5) -> shifted ranges [$PRESET]" ;;
   sizes)

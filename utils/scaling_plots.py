@@ -821,7 +821,6 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
         _atomic_csv(files["params"], [{**t, **ci} for t in ptab],
                     ["model", "n_params"] + SELECTED_FIELDS[1:])
         plot_params_scaling(ptab, files["params_png"], title)
-    if len(models) > 1:
         files["model_png"] = os.path.join(out_dir, f"{prefix}_model_scaling.png")
         plot_model_scaling(selected, models, files["model_png"], title)
     if eff:
