@@ -9,8 +9,9 @@ failing or timed-out section never loses the others). Sections:
 
 1. correctness: our FNO on the device vs the same weights on the CPU in float32 (and vs a
    float64 CPU reference), forward output and every parameter gradient; the bf16-autocast
-   forward vs float32; SpectralConv2d (custom autograd FFTs) vs a direct DFT in float64 on
-   the device, forward and gradients; train.py's fused Adam step on the device vs plain Adam.
+   forward vs float32; the torch.compile'd model vs eager (forward and gradients);
+   SpectralConv2d (custom autograd FFTs) vs a direct DFT in float64 on the device, forward
+   and gradients; train.py's fused Adam step on the device vs plain Adam.
 2. speed at the published size (width 64, modes 32, 4 layers, fc 128, 128x128): training-step
    samples/s for batch 8, 32, 128 in float32, bf16 autocast and torch.compile (with train.py's
    optimizer), peak memory, neuraloperator's FNO of the same size when installed (see
@@ -167,7 +168,19 @@ def check_fno(sz, device):
     out_dev, g_dev = forward_and_grads(model_dev, xd, yd)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         out_bf16 = model_dev(xd)
-    return dict(forward_dev_vs_cpu=rel_err(out_dev, out_cpu),
+    # train.py's compile=true path: the compiled model must compute what the eager one does
+    # (fused kernels reorder sums: rounding-level differences only)
+    try:
+        compiled = torch.compile(model_dev, backend=sz["compile_backend"])
+        out_comp, g_comp = forward_and_grads(compiled, xd, yd)
+        comp = dict(compile_forward_vs_eager=rel_err(out_comp, out_dev),
+                    compile_grad_vs_eager=max_rel_err(g_comp, g_dev))
+    except Exception as e:  # a missing compiler toolchain must not hide the other checks
+        comp = dict(compile_error=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    finally:
+        torch._dynamo.reset()
+    return dict(**comp, compile_backend=sz["compile_backend"],
+                forward_dev_vs_cpu=rel_err(out_dev, out_cpu),
                 grad_dev_vs_cpu=max_rel_err(g_dev, g_cpu),
                 forward_dev_vs_f64=rel_err(out_dev, out64),
                 grad_dev_vs_f64=max_rel_err(g_dev, g64),
@@ -265,6 +278,13 @@ def section_correctness(ctx):
             f"< {TOL['fno_f64']:g}", f["grad_dev_vs_f64"] < TOL["fno_f64"])
     ctx.row("correctness", "bf16 autocast forward vs f32 (rel)", f["bf16_forward_vs_f32"],
             f"< {TOL['bf16']:g}", f["bf16_forward_vs_f32"] < TOL["bf16"])
+    compiled = f"torch.compile ({f['compile_backend']})"
+    if "compile_error" in f:
+        ctx.row("correctness", f"{compiled} vs eager", f["compile_error"], "runs", False)
+    else:
+        worst = max(f["compile_forward_vs_eager"], f["compile_grad_vs_eager"])
+        ctx.row("correctness", f"{compiled} vs eager, forward/grads max (rel)", worst,
+                f"< {TOL['fno_f32']:g}", worst < TOL["fno_f32"])
     ctx.row("correctness", f"train.py Adam (fused={a['fused']}) update vs plain Adam (rel)",
             a["update_dev_vs_ref"], f"< {TOL['adam']:g}", a["update_dev_vs_ref"] < TOL["adam"])
     for name, r in out["spectral"].items():

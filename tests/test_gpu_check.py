@@ -48,6 +48,9 @@ def test_dry_run_end_to_end(dry_run):
         assert 0 < c["fno"][name] < 1e-5, name
     assert 0 < c["fno"]["bf16_forward_vs_f32"] < 1e-2
     assert c["fno"]["bf16_output_dtype"] == "bfloat16"     # autocast really ran in bf16
+    # the compiled model (aot_eager on CPU) computes what the eager one does, to rounding
+    assert c["fno"]["compile_forward_vs_eager"] < 1e-5
+    assert c["fno"]["compile_grad_vs_eager"] < 1e-5
     assert c["adam"]["fused"] is True and c["adam"]["update_dev_vs_ref"] < 1e-5
     assert len(c["spectral"]) == 2
     for errs in c["spectral"].values():
