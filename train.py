@@ -5,7 +5,9 @@
     torchrun --standalone --nproc_per_node=4 train.py ...   (same arguments)
 
 Writes {root_dir}/expts/{config}/{run_num}/ (see utils/trainer.py); an existing checkpoint of
-the run is resumed. Exit status: 0 done or stopped by SIGTERM/SIGUSR1/SIGINT with a
+the run is resumed. `--eval_test` then evaluates the best checkpoint on the config's test split
+in the same process, as `eval.py --weights .../ckpt_best.tar` would (writes {run_dir}/eval/;
+one process per sweep trial instead of two: utils/sweeps.py). Exit status: 0 done or stopped by SIGTERM/SIGUSR1/SIGINT with a
 checkpoint, 1 diverged training (NaN/inf loss), 2 user error (one line on stderr), 3 a write
 failed (full disk, quota, I/O error; the previous files are intact).
 """
@@ -26,6 +28,8 @@ def build_parser():
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (value parsed as YAML); repeatable")
     p.add_argument("--sweep_id", default=None, help="W&B sweep id (one agent trial)")
+    p.add_argument("--eval_test", action="store_true",
+                   help="after training, evaluate ckpt_best.tar on the test split (rank 0)")
     return p
 
 
@@ -79,6 +83,22 @@ def run_sweep_trial(params, args):
                            entity=params.get("entity"), project=params.get("project"))
 
 
+def evaluate_best(args):
+    """eval.py on the run's best checkpoint and the config's test split, in this process: the
+    config is read again (as eval.py reads it), not taken from the trainer, which fills in
+    keys while it trains."""
+    from utils.inferencer import run_eval
+
+    from utils.errors import ConfigError
+
+    params = load_params(args)
+    if not params.get("test_path"):
+        raise ConfigError(f"config '{args.config}' has no test_path: --eval_test has nothing "
+                          f"to evaluate on")
+    layout = RunLayout.of(args.root_dir, args.config, args.run_num)
+    return run_eval(params, layout.best_ckpt, params.get("test_path"), layout.eval_dir)
+
+
 @cli()
 def main(argv=None):
     configure_malloc()
@@ -94,7 +114,10 @@ def main(argv=None):
         if args.sweep_id:
             run_sweep_trial(params, args)
         else:
-            run_training(params, args)
+            summary = run_training(params, args)
+            if args.eval_test and not summary.get("stopped") and (
+                    not dist.is_initialized() or dist.get_rank() == 0):
+                evaluate_best(args)
         if dist.is_initialized():
             # every rank is done before the group is torn down: a rank that destroys it while
             # another is still in a gloo call can abort the process at exit

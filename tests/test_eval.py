@@ -60,3 +60,22 @@ def test_eval_other_resolution(trained, tmp_path):
     assert summary["n_test"] == 5 and summary["grid"] == [32, 32]
     assert np.isfinite(summary["test_rel_l2_mean"])
     assert np.load(tmp_path / "out/rel_l2_per_sample.npy").shape == (5,)
+
+
+def test_train_eval_test_matches_eval(trained, tmp_path):
+    """train.py --eval_test (the sweep trial's evaluation, in the training process) writes what
+    eval.py writes for the best checkpoint: the full test split whatever the training subset."""
+    import argparse
+
+    import train
+
+    tmp, data, cfg, weights = trained
+    args = argparse.Namespace(yaml_config=cfg, config="tiny", run_num="0",
+                              root_dir=str(tmp / "res"), overrides=["n_train=8"])
+    got = train.evaluate_best(args)
+    ref = run_eval(YParams(cfg, "tiny"), weights, data["test_path"], str(tmp_path / "ref"))
+    assert got["n_test"] == 11 and got["weights"] == os.path.abspath(weights)
+    for key in ("test_rel_l2_mean", "test_rel_l2_median", "test_loss"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-6), key
+    written = json.load(open(tmp / "res/expts/tiny/0/eval/summary.json"))
+    assert written["test_rel_l2_mean"] == got["test_rel_l2_mean"]

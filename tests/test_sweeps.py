@@ -74,6 +74,7 @@ p = argparse.ArgumentParser()
 for a in ("--yaml_config", "--config", "--run_num", "--root_dir", "--weights"):
     p.add_argument(a)
 p.add_argument("--set", action="append", default=[])
+p.add_argument("--eval_test", action="store_true")
 a = p.parse_args()
 s = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.set)}
 run = os.path.join(a.root_dir, "expts", a.config, a.run_num)
@@ -81,18 +82,27 @@ with open(os.path.join(a.root_dir, "calls.log"), "a") as f:
     f.write(f"{os.path.basename(sys.argv[0])} {a.run_num} {sorted(s)}\n")
 if os.environ.get("FAKE_FAIL") == os.path.basename(sys.argv[0]) + ":" + a.run_num:
     sys.exit(3)
+
+
+def evaluate():   # the test evaluation: eval.py, or train.py --eval_test after training
+    if os.environ.get("FAKE_FAIL") == "eval:" + a.run_num:
+        sys.exit(3)
+    os.makedirs(os.path.join(run, "eval"), exist_ok=True)
+    json.dump({"test_rel_l2_mean": 2 * s["lr"], "test_rel_l2_median": 0.1, "n_test": 8},
+              open(os.path.join(run, "eval", "summary.json"), "w"))
+
+
 if os.path.basename(sys.argv[0]) == "train.py":
-    assert isinstance(s["lr"], float) and s["epochs"] == 2
+    assert isinstance(s["lr"], float) and s["epochs"] == 2 and a.eval_test
     os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
     open(os.path.join(run, "checkpoints", "ckpt_best.tar"), "w").write("w")
     json.dump({"n_train": 64 // s["subsample"], "best_val_rel_l2": s["lr"] * s["subsample"],
                "best_val_loss": 1.0, "best_epoch": 1, "epochs": 2, "n_params": 123},
               open(os.path.join(run, "train_summary.json"), "w"))
+    evaluate()
 else:
     assert "subsample" not in s and a.weights.endswith("ckpt_best.tar")
-    os.makedirs(os.path.join(run, "eval"), exist_ok=True)
-    json.dump({"test_rel_l2_mean": 2 * s["lr"], "test_rel_l2_median": 0.1, "n_test": 8},
-              open(os.path.join(run, "eval", "summary.json"), "w"))
+    evaluate()
 '''
 
 
@@ -128,8 +138,9 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
         return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=2"],
                           tags=["approach=scratch"], jobs=jobs, repo_root=str(fake_repo))
 
-    # first run: eval of one trial and training of another fail (an interrupted sweep)
-    monkeypatch.setenv("FAKE_FAIL", "eval.py:lr1em3_s1")
+    # first run: the test evaluation of one trial (after its training) and the training of
+    # another fail (an interrupted sweep)
+    monkeypatch.setenv("FAKE_FAIL", "eval:lr1em3_s1")
     with monkeypatch.context() as m:
         m.setattr(LocalSweep, "run_trial", _fail_one(LocalSweep.run_trial, "lr1em4_s2"))
         path, failed = make().run()
@@ -143,23 +154,24 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     assert rows["lr1em3_s2"]["approach"] == "scratch"
     n_before = len(_calls(root))
 
-    # resume: done trials are skipped, the trained one is only evaluated, the other trained
+    # resume: done trials are skipped, the trained one is only evaluated (eval.py), the other
+    # trained and evaluated in one process
     monkeypatch.delenv("FAKE_FAIL")
     path, failed = make(jobs=2).run()
     assert failed == []
     new = sorted(map(tuple, _calls(root)[n_before:]))
-    assert new == [("eval.py", "lr1em3_s1"), ("eval.py", "lr1em4_s2"), ("train.py", "lr1em4_s2")]
+    assert new == [("eval.py", "lr1em3_s1"), ("train.py", "lr1em4_s2")]
     rows = _results(path)
     assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 4
 
     # a third run does nothing
     make().run()
-    assert len(_calls(root)) == n_before + 3
+    assert len(_calls(root)) == n_before + 2
     # other fixed settings would silently reuse these trials: refused, nothing run
     with pytest.raises(SweepError, match="was run with config 'base' and --set"):
         LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=3"],
                    repo_root=str(fake_repo)).run()
-    assert len(_calls(root)) == n_before + 3
+    assert len(_calls(root)) == n_before + 2
 
 
 def _fail_one(run_trial, name):
@@ -546,4 +558,4 @@ def test_runner_never_starts_a_second_trainer_on_a_busy_trial(fake_repo, tmp_pat
         path, failed = sweep.run()
     assert failed == ["lr1em4_s1"]
     calls = _calls(str(tmp_path / "res"))
-    assert ["train.py", "lr1em4_s1"] not in calls and len(calls) == 6
+    assert ["train.py", "lr1em4_s1"] not in calls and len(calls) == 3

@@ -9,16 +9,17 @@ One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of runn
   final summary (the sweep metric `best_val_rel_l2`).
 * without a server: `python utils/sweeps.py --sweep ... --yaml_config ... --config ...
   --root_dir ...` expands the grid (or samples `random`/`bayes` trials offline with W&B's
-  open-source `sweeps` engine when installed) and runs each trial as subprocesses
-  `train.py` then `eval.py` on the best checkpoint. Layout, under
+  open-source `sweeps` engine when installed) and runs each trial as a subprocess
+  `train.py --eval_test` (training, then the test evaluation of the best checkpoint in the
+  same process; `eval.py` runs only when a trial was trained without it). Layout, under
   `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
 
       results.csv                       one row per trial: settings, n_train, errors
       trials.json                       the proposed trials (random/bayes only; for resume)
       logs/{trial}.train.log, .eval.log subprocess output (appended on resume)
       expts/{config}/{trial}/           the trial's train.py run dir (train.py is called with
-                                        --root_dir {sweep_dir} --run_num {trial}); eval.py
-                                        writes eval/summary.json inside it
+                                        --root_dir {sweep_dir} --run_num {trial}); the test
+                                        evaluation writes eval/summary.json inside it
 
   A trial is done when its `eval/summary.json` exists; done trials are skipped, so an
   interrupted sweep resumes (train.py itself resumes a half-trained trial from its own
@@ -454,8 +455,11 @@ class LocalSweep:
             eval_sets += ["--set", s]
         common = ["--yaml_config", self.yaml_config, "--config", self.config,
                   "--root_dir", self.sweep_dir, "--run_num", name]
+        # --eval_test: the trial's test evaluation in the training process (saves starting a
+        # second one); eval.py below is the fallback when it did not happen (e.g. a trial
+        # trained by an earlier runner)
         train = self.launcher + ([] if self.launcher else [self.python]) \
-            + [os.path.join(self.repo_root, "train.py")] + common + sets
+            + [os.path.join(self.repo_root, "train.py")] + common + sets + ["--eval_test"]
         ckpt = self.summary_paths(name)[1]
         evalc = [self.python, os.path.join(self.repo_root, "eval.py")] + common \
             + ["--weights", ckpt] + eval_sets
@@ -533,6 +537,8 @@ class LocalSweep:
                 logger.error("trial %s: train.py failed (exit %s), see %s", name, rc,
                              os.path.join(logs, f"{name}.train.log"))
                 return False
+            if self.is_done(name):
+                return True
         logger.info("trial %s: evaluating %s", name, ckpt)
         rc = self._run_logged(eval_cmd, os.path.join(logs, f"{name}.eval.log"))
         if self.stopped and not self.is_done(name):
