@@ -614,7 +614,7 @@ def _set_ylim(ax, values):
 def plot_data_scaling(selected, points, fits, models, zero_shot, targets, path, title=""):
     """Test error vs downstream examples, one panel per model, one curve per approach."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(models), figsize=(5.8 * len(models), 4.2), squeeze=False,
                              sharey=True)
     curves = _curves(selected)
     shown = []
@@ -633,7 +633,9 @@ def plot_data_scaling(selected, points, fits, models, zero_shot, targets, path, 
             shown.append(zs)
         for t in targets:
             ax.axhline(t, color="0.6", ls=":", lw=1, label=f"target {t:g}")
-        _style_axis(ax, model)
+        # below the panel: inside it, ~10 entries would hide the curves
+        _style_axis(ax, model, legend=dict(fontsize=7, loc="upper center", ncol=2,
+                                           bbox_to_anchor=(0.5, -0.16), frameon=False))
     _set_ylim(axes[0][0], shown)
     _finish_figure(fig, axes, title, path)
 
@@ -680,14 +682,14 @@ def params_table(selected, params):
     return [{**s, "n_params": params[s["model"]]} for s in selected if s["model"] in params]
 
 
-def _style_axis(ax, panel_title, xlabel="downstream training examples"):
+def _style_axis(ax, panel_title, xlabel="downstream training examples", legend=None):
     """Log-log axes of a quantity vs number of downstream examples."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_title(panel_title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(**(legend or dict(fontsize=7)))
 
 
 def _finish_figure(fig, axes, title, path, ylabel="test relative L2 error (lr chosen on val)"):
@@ -727,7 +729,7 @@ def plot_model_scaling(selected, models, path, title=""):
 def plot_effective_data(eff, models, path, title=""):
     """Effective data transferred D_T(n) vs fine-tuning examples n, one panel per model."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(models), figsize=(5.8 * len(models), 4.2), squeeze=False,
                              sharey=True)
     shown = []
     for ax, model in zip(axes[0], models):
