@@ -28,8 +28,7 @@
 # for a smoke test; it wins over STUDY_SET), TARGETS (target errors), OUT (figure and table
 # directory), PREFIX (output names; default per study), LAUNCHER (prefix of train.py), PYTHON,
 # SHIFTS (Q1: downstream Poisson ranges), SIZES (mode_cut:embed_cut pairs: model sizes of
-# Q2; SIZE1: the one size of Q1, Q3 and Q4), LOSSES (Q3: loss_func values), LOSS_N_TRAIN (Q3:
-# n_train values of the downstream runs with a loss other than mse), MIXED_EPOCHS (Q4:
+# Q2; SIZE1: the one size of Q1, Q3 and Q4), LOSSES (Q3: loss_func values), MIXED_EPOCHS (Q4:
 # epochs of the mixed pre-training), PT_SIZES / DOWN_SIZES (cpu: "train val test" samples of
 # the pre-training / downstream sets), ANALYSE_ONLY=1 (no training: figure and tables from the
 # runs already there), headline only: YAML / PT / FT / SC (config file and names of another
@@ -77,7 +76,6 @@ case "$PRESET" in
     MIXED_SCALES=$D/mixed_train_scales.npy
     SIZE1=${SIZE1:-8:16}                               # the one size of Q1, Q3 and Q4
     MIXED_EPOCHS=${MIXED_EPOCHS:-8}                    # single-PDE pre-training: 24 epochs
-    LOSS_N_TRAIN=${LOSS_N_TRAIN-"8,64,512"}            # Q3: n of the runs with loss_func rel_l2
     ;;
   paper)
     ROOT=${ROOT:-results}
@@ -120,7 +118,7 @@ SWEEP=(--sweep "$SWEEP_FILE" --root_dir "$ROOT" "${VALUES[@]}" --extend_lr "${EX
        --jobs "$JOBS" ${DOWN[@]+"${DOWN[@]}"})
 [ -n "${LAUNCHER:-}" ] && SWEEP+=(--launcher "$LAUNCHER")
 
-CSVS=(); ZS_ARGS=(); SWEEP_N=""   # SWEEP_N: n_train values replacing N_TRAIN in `sweep`
+CSVS=(); ZS_ARGS=()
 run_path() { $PYTHON utils/run_layout.py "$ROOT" "$1" "$2" "$3"; }   # utils/run_layout.py
 
 # size M:W -> SZ (the --set pair) and SFX ("_mMwW"; empty for "default": the config's size)
@@ -154,8 +152,7 @@ zeroshot() {
 sweep() {
   local yaml=$1 cfg=$2 name=$3 approach=$4 panel=$5; shift 5
   [ "$ANALYSE_ONLY" = 1 ] || $PYTHON utils/sweeps.py "${SWEEP[@]}" --yaml_config "$yaml" \
-    --config "$cfg" --name "$name" --tag "approach=$approach" \
-    ${SWEEP_N:+--values "n_train=$SWEEP_N"} "$@"
+    --config "$cfg" --name "$name" --tag "approach=$approach" "$@"
   CSVS+=("$ROOT/sweeps/$name/results.csv@model=$panel,approach=$approach")
 }
 
@@ -226,15 +223,14 @@ sys.exit(sys.argv[1] not in LOSS_FUNCS)" "$loss" 2>/dev/null || {
     if [ "$STUDY" = physics ]; then
       PREFIX=${PREFIX:-${BASE}_physics}
       for loss in ${LOSSES:-mse rel_l2}; do
-        lset=(); lsfx=""; SWEEP_N=""
-        [ "$loss" = mse ] || { lset=(--set "loss_func=$loss"); lsfx=_$loss; SWEEP_N=${LOSS_N_TRAIN:-}; }
+        lset=(); lsfx=""
+        [ "$loss" = mse ] || { lset=(--set "loss_func=$loss"); lsfx=_$loss; }
         run=$(run_of "$SFX" "${lsfx#_}")
         transfer $A $APT "$run" $AFT $ASC "${BASE}_ad_adr1_2$SFX$lsfx" "AD 1-2 $loss" \
           "${SZ[@]}" ${lset[@]+"${lset[@]}"}
         transfer $H $HPT "$run" $HFT $HSC "${BASE}_helm_o10_20$SFX$lsfx" \
           "Helmholtz 10-20 $loss" "${SZ[@]}" ${lset[@]+"${lset[@]}"}
       done
-      SWEEP_N=""
       TITLE="other physics: pre-trained -> shifted coefficients, two training losses [$PRESET]"
     else
       PREFIX=${PREFIX:-${BASE}_mixed}
