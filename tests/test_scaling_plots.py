@@ -138,6 +138,23 @@ def test_panels_of_one_size_keep_command_line_order(tmp_path):
     rows = sp.clean_rows([r for s in specs for r in sp.read_results(s)])
     assert sp._model_order(rows, res["selected"]) == ["K 2.5-7.5", "K 5-10", "K 10-20"]
     assert "params_png" not in res["files"]          # one size: no model-scaling figure
+    assert "model_png" not in res["files"]
+
+
+def test_other_pdes_of_one_size_are_not_a_model_scaling(tmp_path):
+    """AD and Helmholtz models of one size differ by a few input-channel weights: no
+    error-vs-parameters figure for them; a 4x size difference gets one."""
+    def specs(params):
+        out = []
+        for k, (panel, n_params) in enumerate(params):
+            rows = [{**r, "n_params": n_params}
+                    for r in _power_law_rows(0.3, 0.5, NS[:3], approach="finetune")]
+            out.append(_write(tmp_path / f"{panel}.csv", rows) + f"@model={panel}")
+        return out
+    res = sp.analyse(specs([("AD", 264273), ("Helmholtz", 263889)]), str(tmp_path / "a"))
+    assert not {"params_png", "model_png"} & set(res["files"])
+    res = sp.analyse(specs([("small", 66000), ("large", 264000)]), str(tmp_path / "b"))
+    assert {"params_png", "model_png"} <= set(res["files"])
 
 
 def test_cli_errors_are_one_line(tmp_path):
