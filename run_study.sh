@@ -55,7 +55,9 @@ case "$PRESET" in
     N_TRAIN=${N_TRAIN-"8,32,64,128,512"}                    # random nested subsets of 1024 examples
     EXTEND_LR=${EXTEND_LR:-2}
     STUDY_SET=${STUDY_SET-"min_steps=100 max_epochs=8"}
-    TARGETS=${TARGETS:-"0.1 0.07 0.05"}
+    # target errors of the examples-needed tables: AD and Helmholtz errors are larger
+    case "$STUDY" in physics|mixed) TARGETS=${TARGETS:-"0.3 0.2 0.1"} ;;
+      *) TARGETS=${TARGETS:-"0.1 0.07 0.05"} ;; esac
     OUT=${OUT:-assets}; BASE=study_cpu
     # 64x64 (headline) or 32x32 (shifts, sizes, physics, mixed); pre-training 2048/128/128
     # (seed 0) and downstream 1024/64/256 samples (seed 1: independent sources); 64
