@@ -151,8 +151,11 @@ def test_other_pdes_of_one_size_are_not_a_model_scaling(tmp_path):
                     for r in _power_law_rows(0.3, 0.5, NS[:3], approach="finetune")]
             out.append(_write(tmp_path / f"{panel}.csv", rows) + f"@model={panel}")
         return out
-    res = sp.analyse(specs([("AD", 264273), ("Helmholtz", 263889)]), str(tmp_path / "a"))
+    panels = specs([("AD", 264273), ("Helmholtz", 263889)])
+    res = sp.analyse(panels, str(tmp_path / "a"))
     assert not {"params_png", "model_png"} & set(res["files"])
+    rows = sp.clean_rows([r for s in panels for r in sp.read_results(s)])
+    assert sp._model_order(rows, res["selected"]) == ["AD", "Helmholtz"]   # command order
     res = sp.analyse(specs([("small", 66000), ("large", 264000)]), str(tmp_path / "b"))
     assert {"params_png", "model_png"} <= set(res["files"])
 

@@ -546,14 +546,22 @@ def _atomic_savefig(fig, path):
 
 
 def _model_order(rows, selected):
-    """Panels by parameter count, then in the order the tables named them (e.g. shifts)."""
-    size, first = defaultdict(list), {}
+    """Panels by parameter count when they are of different sizes (`_sizes_differ`), else in
+    the order the tables named them (e.g. shifts, or PDEs of one model size)."""
+    first = {}
     for i, r in enumerate(rows):
-        size[r["model"]].append(r["n_params"])
         first.setdefault(r["model"], i)
     models = {s["model"] for s in selected}
-    return sorted(models, key=lambda m: (np.nanmean(size[m]) if np.isfinite(size[m]).any()
-                                         else math.inf, first[m]))
+    params = _params_of(rows)
+    if not _sizes_differ(params):
+        return sorted(models, key=first.get)
+    return sorted(models, key=lambda m: (params.get(m, math.inf), first[m]))
+
+
+def _sizes_differ(params):
+    """True when the panels are models of different sizes: the largest more than 1.5x the
+    smallest (the same architecture on another PDE's input channels differs by a few %)."""
+    return bool(params) and max(params.values()) > 1.5 * min(params.values())
 
 
 def _params_of(rows):
@@ -816,9 +824,7 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
                                           "test": v} for k, v in zs.items()],
                     ["model", "pretraining", "test"])
     params = _params_of(rows)
-    # panels of different model sizes: model scaling (the same architecture on another PDE's
-    # input channels differs by a few percent: not a size axis)
-    if params and max(params.values()) > 1.5 * min(params.values()):
+    if _sizes_differ(params):                # panels of different model sizes: model scaling
         files["params"] = os.path.join(out_dir, f"{prefix}_vs_params.csv")
         files["params_png"] = os.path.join(out_dir, f"{prefix}_vs_params.png")
         ptab = params_table(selected, params)
