@@ -7,9 +7,10 @@
 Writes {root_dir}/expts/{config}/{run_num}/ (see utils/trainer.py); an existing checkpoint of
 the run is resumed. `--eval_test` then evaluates the best checkpoint on the config's test split
 in the same process, as `eval.py --weights .../ckpt_best.tar` would (writes {run_dir}/eval/;
-one process per sweep trial instead of two: utils/sweeps.py). Exit status: 0 done or stopped by SIGTERM/SIGUSR1/SIGINT with a
-checkpoint, 1 diverged training (NaN/inf loss), 2 user error (one line on stderr), 3 a write
-failed (full disk, quota, I/O error; the previous files are intact).
+one process per sweep trial instead of two: utils/sweeps.py). Exit status: 0 done or stopped
+by SIGTERM/SIGUSR1/SIGINT with a checkpoint, 1 diverged training (NaN/inf loss), 2 user error
+(one line on stderr), 3 a write failed (full disk, quota, I/O error; the previous files are
+intact).
 """
 import argparse
 import logging
@@ -87,9 +88,8 @@ def evaluate_best(args):
     """eval.py on the run's best checkpoint and the config's test split, in this process: the
     config is read again (as eval.py reads it), not taken from the trainer, which fills in
     keys while it trains."""
-    from utils.inferencer import run_eval
-
     from utils.errors import ConfigError
+    from utils.inferencer import run_eval
 
     params = load_params(args)
     if not params.get("test_path"):
