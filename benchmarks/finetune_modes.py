@@ -38,11 +38,12 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 from utils.errors import UserError  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.config_schema import FINETUNE_MODES  # noqa: E402
 from utils.fileio import savefig_atomic, write_csv_atomic  # noqa: E402
 from utils.sweeps import LocalSweep, trial_name  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
-MODES = ("full", "head", "frozen_fourier", "lora")
+MODES = tuple(FINETUNE_MODES)
 APPROACHES = MODES + ("scratch",)
 
 

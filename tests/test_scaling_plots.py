@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from utils import scaling_plots as sp
+from utils import scaling_stats as st
 
 FIELDS = ["trial", "lr", "subsample", "n_train", "best_val_rel_l2", "test_rel_l2_mean",
           "n_params", "status"]
@@ -87,16 +88,16 @@ def test_examples_needed_exact_on_power_law(tmp_path):
 
 def test_examples_needed_bounds():
     ns, errs = [8, 16, 32], [0.1, 0.05, 0.02]
-    assert sp.examples_needed(ns, errs, 0.2) == (8.0, "<=")
-    assert sp.examples_needed(ns, errs, 0.01) == (32.0, ">")
+    assert st.examples_needed(ns, errs, 0.2) == (8.0, "<=")
+    assert st.examples_needed(ns, errs, 0.01) == (32.0, ">")
     # first crossing counts, unsorted input is sorted by n
-    n, b = sp.examples_needed([32, 8, 16], [0.02, 0.1, 0.04], 0.05)
+    n, b = st.examples_needed([32, 8, 16], [0.02, 0.1, 0.04], 0.05)
     assert b == "=" and 8 < n < 16
     assert math.isclose(n, np.exp(np.log(8) + np.log(0.5) / np.log(0.4) * np.log(2)))
-    assert sp.ratio_with_bound(100, "=", 8192, ">") == (81.92, ">=")
-    assert sp.ratio_with_bound(8, "<=", 800, "=") == (100.0, ">=")
-    assert sp.ratio_with_bound(100, ">", 800, "=")[1] == "<="
-    assert sp.ratio_with_bound(100, ">", 800, ">")[1] == "?"
+    assert st.ratio_with_bound(100, "=", 8192, ">") == (81.92, ">=")
+    assert st.ratio_with_bound(8, "<=", 800, "=") == (100.0, ">=")
+    assert st.ratio_with_bound(100, ">", 800, "=")[1] == "<="
+    assert st.ratio_with_bound(100, ">", 800, ">")[1] == "?"
 
 
 def test_model_size_panels_and_zero_shot(tmp_path):
@@ -116,7 +117,7 @@ def test_model_size_panels_and_zero_shot(tmp_path):
     assert set(res["files"]) >= {"data_png", "model_png", "params_png", "zero_shot"}
     assert any(line == "[small] zero-shot test rel. L2 0.25" for line in res["lines"])
     # ordered by parameter count, not alphabetically
-    assert sp._model_order(sp.clean_rows(rows), res["selected"]) == ["small", "large"]
+    assert st.model_order(st.clean_rows(rows), res["selected"]) == ["small", "large"]
     # error at fixed n vs parameter count: one row per (size, approach, n), the chosen lr's
     with open(res["files"]["params"]) as f:
         table = {(r["model"], int(r["n_train"])): r for r in csv.DictReader(f)}
@@ -135,8 +136,8 @@ def test_panels_of_one_size_keep_command_line_order(tmp_path):
         rows = _power_law_rows(0.3 + 0.1 * k, 0.5, NS[:3], approach="finetune")
         specs.append(_write(tmp_path / f"r{k}.csv", rows) + f"@model={panel}")
     res = sp.analyse(specs, str(tmp_path / "out"))
-    rows = sp.clean_rows([r for s in specs for r in sp.read_results(s)])
-    assert sp._model_order(rows, res["selected"]) == ["K 2.5-7.5", "K 5-10", "K 10-20"]
+    rows = st.clean_rows([r for s in specs for r in st.read_results(s)])
+    assert st.model_order(rows, res["selected"]) == ["K 2.5-7.5", "K 5-10", "K 10-20"]
     assert "params_png" not in res["files"]          # one size: no model-scaling figure
     assert "model_png" not in res["files"]
 
@@ -154,8 +155,8 @@ def test_other_pdes_of_one_size_are_not_a_model_scaling(tmp_path):
     panels = specs([("AD", 264273), ("Helmholtz", 263889)])
     res = sp.analyse(panels, str(tmp_path / "a"))
     assert not {"params_png", "model_png"} & set(res["files"])
-    rows = sp.clean_rows([r for s in panels for r in sp.read_results(s)])
-    assert sp._model_order(rows, res["selected"]) == ["AD", "Helmholtz"]   # command order
+    rows = st.clean_rows([r for s in panels for r in st.read_results(s)])
+    assert st.model_order(rows, res["selected"]) == ["AD", "Helmholtz"]   # command order
     res = sp.analyse(specs([("small", 66000), ("large", 264000)]), str(tmp_path / "b"))
     assert {"params_png", "model_png"} <= set(res["files"])
 
@@ -201,12 +202,12 @@ def _seeded_rows(rng, a, b, ns, seeds=3, sigma=0.1, c=0.0, approach="finetune"):
 
 
 def test_t_interval_by_hand():
-    mean, sd, lo, hi = sp.t_interval([0.10, 0.12, 0.14])
+    mean, sd, lo, hi = st.t_interval([0.10, 0.12, 0.14])
     # sd = 0.02; t(0.975, 2 dof) = 4.302652729911275 (tables); half = t * sd / sqrt(3)
     half = 4.302652729911275 * 0.02 / math.sqrt(3)
     assert (mean, sd) == (pytest.approx(0.12), pytest.approx(0.02))
     assert (lo, hi) == (pytest.approx(0.12 - half, rel=1e-9), pytest.approx(0.12 + half, rel=1e-9))
-    m1, *rest = sp.t_interval([0.3])
+    m1, *rest = st.t_interval([0.3])
     assert m1 == 0.3 and all(math.isnan(x) for x in rest)
 
 
@@ -219,7 +220,7 @@ def test_power_law_fit_recovers_exponent_and_interval_covers():
     bs, covered, widths = [], [], []
     for _ in range(200):
         errs = 0.5 * ns ** -0.6 * np.exp(0.1 * rng.standard_normal(ns.size))
-        fit = sp.fit_power_law(ns, errs, allow_floor=False)
+        fit = st.fit_power_law(ns, errs, allow_floor=False)
         bs.append(fit["b"])
         covered.append(fit["b_low"] <= 0.6 <= fit["b_high"])
         widths.append(fit["b_high"] - fit["b_low"])
@@ -235,7 +236,7 @@ def test_power_law_interval_matches_linear_regression():
     rng = np.random.default_rng(5)
     ns = np.repeat(2.0 ** np.arange(3, 9), 2)
     errs = 0.5 * ns ** -0.6 * np.exp(0.1 * rng.standard_normal(ns.size))
-    fit = sp.fit_power_law(ns, errs, allow_floor=False)
+    fit = st.fit_power_law(ns, errs, allow_floor=False)
     ref = stats.linregress(np.log(ns), np.log(errs))
     half = stats.t.ppf(0.975, ns.size - 2) * ref.stderr
     assert fit["b"] == pytest.approx(-ref.slope)
@@ -250,7 +251,7 @@ def test_floor_kept_only_when_supported():
     kept, covered, cs = 0, [], []
     for _ in range(100):
         errs = (2.0 * ns ** -0.8 + 0.01) * np.exp(0.03 * rng.standard_normal(ns.size))
-        fit = sp.fit_power_law(ns, errs)
+        fit = st.fit_power_law(ns, errs)
         if fit["form"] == "a*n^-b+c":
             kept += 1
             cs.append(fit["c"])
@@ -259,11 +260,11 @@ def test_floor_kept_only_when_supported():
     assert abs(np.median(cs) - 0.01) < 0.001
     assert np.mean(covered) >= 0.85
     # no floor in the data: the floor is (almost) never kept
-    false = sum(sp.fit_power_law(ns, 2.0 * ns ** -0.8 * np.exp(
+    false = sum(st.fit_power_law(ns, 2.0 * ns ** -0.8 * np.exp(
         0.03 * rng.standard_normal(ns.size)))["form"] == "a*n^-b+c" for _ in range(100))
     assert false <= 10
     # one seed: no interval, no floor
-    one = sp.fit_power_law(ns[::3], 2.0 * ns[::3] ** -0.8 + 0.01, with_interval=False)
+    one = st.fit_power_law(ns[::3], 2.0 * ns[::3] ** -0.8 + 0.01, with_interval=False)
     assert one["form"] == "a*n^-b" and math.isnan(one["b_low"])
 
 
@@ -334,9 +335,9 @@ def test_effective_data_exact_on_power_laws(tmp_path):
 
 def test_fit_inverse_with_floor_and_never_reached():
     fit = {"a": 2.0, "b": 0.8, "c": 0.01, "form": "a*n^-b+c", "cov": None}
-    n, se = sp.fit_inverse(fit, 0.02)
+    n, se = st.fit_inverse(fit, 0.02)
     assert n == pytest.approx((0.01 / 2.0) ** (-1 / 0.8)) and math.isnan(se)
-    assert sp.fit_inverse(fit, 0.005)[0] == math.inf          # below the floor
+    assert st.fit_inverse(fit, 0.005)[0] == math.inf          # below the floor
 
 
 def test_ratio_interval_covers_true_ratio():
@@ -351,16 +352,16 @@ def test_ratio_interval_covers_true_ratio():
         rows = [r for r in _seeded_rows(rng, a_ft, b_ft, ns) if r["lr"] == 1e-3]
         rows += [dict(r, approach="scratch") for r in _seeded_rows(rng, a_sc, b_sc, ns)
                  if r["lr"] == 1e-3]
-        selected, points = sp.select_on_validation(sp.clean_rows(rows))
-        fits = sp.fit_table(selected, points)
-        (row,) = sp.examples_table(selected, [target], fits=fits)
+        selected, points = st.select_on_validation(st.clean_rows(rows))
+        fits = st.fit_table(selected, points)
+        (row,) = st.examples_table(selected, [target], fits=fits)
         est.append(row["ratio_fit"])
         # independent fits: the variances of log n add (se = half-width / t quantile)
         dofs = [fits[("model", k)]["dof"] for k in ("finetune", "scratch")]
-        se = [math.log(row[f"{k}_n_fit_high"] / row[f"{k}_n_fit"]) / sp._t_quantile(d)
+        se = [math.log(row[f"{k}_n_fit_high"] / row[f"{k}_n_fit"]) / st._t_quantile(d)
               for k, d in zip(("finetune", "scratch"), dofs)]
         ratio_half = math.log(row["ratio_fit_high"] / row["ratio_fit"])
-        assert ratio_half == pytest.approx(sp._t_quantile(min(dofs)) * math.hypot(*se))
+        assert ratio_half == pytest.approx(st._t_quantile(min(dofs)) * math.hypot(*se))
         covered.append(row["ratio_fit_low"] <= true <= row["ratio_fit_high"])
     assert abs(np.median(est) / true - 1) < 0.05
     assert 0.85 <= np.mean(covered) <= 0.995
@@ -422,5 +423,5 @@ def test_flat_fit_never_reaches_target_without_overflow():
     """A fit with b near 0 (tiny or noisy studies) puts the target at n = e^5000: 'never'."""
     for cov in (None, np.eye(2)):
         fit = {"a": 1.0, "b": 1e-4, "c": 0.0, "cov": cov, "form": "a*n^-b"}
-        n, _ = sp.fit_inverse(fit, 0.5)
+        n, _ = st.fit_inverse(fit, 0.5)
         assert n == math.inf

@@ -27,6 +27,16 @@ from typing import Any, Optional
 NUM = (int, float)
 PATHS = (str, list)     # a split may be a list of files (mixed physics)
 
+# THE fine-tuning modes (`finetune_mode`), each as the `freeze` preset it equals (the presets:
+# utils/finetune.py FREEZE_PRESETS); 'lora' adds low-rank adapters to the frozen spectral
+# weights. Read by utils/finetune.py and benchmarks/finetune_modes.py.
+FINETUNE_MODES = {
+    "full": "none",                 # every tensor trains (as published)
+    "head": "fourier",              # lift fc0 + projection fc1/fc2 train
+    "frozen_fourier": "spectral",   # all but the spectral weights train
+    "lora": "spectral",             # frozen_fourier + low-rank spectral updates
+}
+
 
 @dataclass(frozen=True)
 class Key:
@@ -110,7 +120,7 @@ SCHEMA = {
                   "parameter-name prefixes", nullable=True),
     "finetune_mode": Key("full", (str,), "what trains: everything, lift + projection only, all "
                          "but the spectral weights, or those plus LoRA adapters on them",
-                         nullable=True, choices=("full", "head", "frozen_fourier", "lora")),
+                         nullable=True, choices=tuple(FINETUNE_MODES)),
     "lora_rank": Key(None, (int,), "adapter rank with finetune_mode lora; null: 4",
                      nullable=True, min=1),
     # --- run outputs, logging

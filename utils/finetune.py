@@ -8,9 +8,10 @@ Config keys (read by utils/trainer.py):
     pretrained_strict: true     false: load every tensor whose name and shape match, keep the
                                 fresh initialisation of the rest (e.g. the lift of a model with
                                 more input channels) and log which
-    finetune_mode: full         what trains (FINETUNE_MODES): 'full' every tensor (as published);
-                                'head' the lift fc0 and the projection fc1/fc2 only; 'frozen_fourier'
-                                everything but the spectral weights sp_convs.*; 'lora' as
+    finetune_mode: full         what trains (utils/config_schema.py FINETUNE_MODES): 'full'
+                                every tensor (as published); 'head' the lift fc0 and the
+                                projection fc1/fc2 only; 'frozen_fourier' everything but the
+                                spectral weights sp_convs.*; 'lora' as
                                 frozen_fourier plus a trainable low-rank update of each layer's
                                 spectral weights (models/fno.py SpectralConv2d.add_lora)
     lora_rank: 4                rank r of the adapters (finetune_mode: lora only)
@@ -33,6 +34,7 @@ import re
 import numpy as np
 import torch
 
+from utils.config_schema import FINETUNE_MODES
 from utils.errors import FinetuneError
 
 _PREFIXES = ("module.", "_orig_mod.")  # DDP wrapper, torch.compile wrapper
@@ -250,13 +252,7 @@ def freeze_parameters(model, spec):
 
 
 # ------------------------------------------------------------------------------ fine-tuning modes
-# What each mode freezes (parameter-name prefixes of models/fno.py); 'lora' then adds adapters.
-FINETUNE_MODES = {
-    "full": (),                              # every tensor trains (as published)
-    "head": FREEZE_PRESETS["fourier"],       # lift fc0 + projection fc1/fc2 train
-    "frozen_fourier": FREEZE_PRESETS["spectral"],  # all but the spectral weights train
-    "lora": FREEZE_PRESETS["spectral"],      # frozen_fourier + low-rank spectral updates
-}
+# The modes and what each freezes: utils/config_schema.FINETUNE_MODES; 'lora' then adds adapters.
 LORA_RANK_DEFAULT = 4
 _ADAPTER_NAMES = ("lora_a", "lora_b")
 
@@ -291,7 +287,7 @@ def apply_finetune_mode(model, params):
         raise FinetuneError(f"lora_rank is only used with finetune_mode: lora (got mode {mode})")
     if mode == "full":
         return freeze_parameters(model, freeze)
-    frozen = freeze_parameters(model, list(FINETUNE_MODES[mode]))
+    frozen = freeze_parameters(model, FINETUNE_MODES[mode])
     if mode == "lora":
         rank = LORA_RANK_DEFAULT if rank is None else rank
         layers = _spectral_layers(model)

@@ -69,6 +69,7 @@ if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.p
 from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
 from utils.fileio import write_text_atomic  # noqa: E402
+from utils.lr_choice import choose_lr  # noqa: E402
 from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 from utils.YParams import load_yaml, read_yaml  # noqa: E402
@@ -712,10 +713,11 @@ class LocalSweep:
 
     def lr_choices(self, trials):
         """Per group of trials (all settings but lr and seed): the lr chosen on the metric
-        averaged over seeds. Returns {group: dict(lr, lrs, n_below, n_above, edge)}, where
-        `lrs` are the group's learning rates (sorted), n_below / n_above how many lie outside
-        the sweep file's grid, `edge` 'low' / 'high' / '' where the choice lies; groups without
-        a finished trial are left out."""
+        averaged over seeds (`utils/lr_choice.choose_lr`, the analysis's rule). Returns
+        {group: dict(lr, lrs, mean, n_below, n_above, edge)}, where `lrs` are the group's
+        learning rates (sorted), n_below / n_above how many lie outside the sweep file's grid,
+        `edge` 'low' / 'high' / '' where the choice lies among the lrs with a finished trial
+        (one such lr counts as 'low'); groups without a finished trial are left out."""
         base = sorted(float(v) for v in self.cfg["parameters"][LR_KEY]["values"])
         groups = defaultdict(lambda: defaultdict(list))
         for s in trials:
@@ -723,17 +725,14 @@ class LocalSweep:
                                if k != LR_KEY and k not in REPEAT_KEYS))
             value = self._metric(s)
             groups[key][float(s[LR_KEY])] += [] if value is None else [value]
-        sign = 1.0 if self.goal == "minimize" else -1.0
         out = {}
         for key, by_lr in groups.items():
-            means = {lr: sum(v) / len(v) for lr, v in by_lr.items() if v}
-            if not means:
+            choice = choose_lr(by_lr, maximize=self.goal != "minimize")
+            if choice is None:
                 continue
             lrs = sorted(by_lr)
-            best = min(means, key=lambda lr: (sign * means[lr], lr))
-            done = sorted(means)
-            edge = "low" if best == done[0] else "high" if best == done[-1] else ""
-            out[key] = dict(lr=best, lrs=lrs, mean=means[best], edge=edge,
+            out[key] = dict(lr=choice["lr"], lrs=lrs, mean=choice["mean"],
+                            edge="low" if choice["edge"] == "single" else choice["edge"],
                             n_below=sum(lr < base[0] for lr in lrs),
                             n_above=sum(lr > base[-1] for lr in lrs))
         return out
