@@ -136,12 +136,33 @@ def save_npy_atomic(path, array) -> None:
         np.save(tmp, array)
 
 
+class _KeepWriteError(io.FileIO):
+    """A file that remembers the OSError of a failed write: torch.save reports it only as
+    "unexpected pos N vs M" (a RuntimeError without the errno, e.g. for EFBIG under a
+    file-size limit), `torch_save_atomic` raises the real error instead."""
+
+    error = None
+
+    def write(self, b):
+        try:
+            return super().write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+
 def torch_save_atomic(obj, path) -> None:
     """torch.save `obj` to `path` atomically (checkpoints)."""
     import torch
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    with atomic_path(path) as tmp, _KeepWriteError(tmp, "wb") as raw, \
+            io.BufferedWriter(raw) as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError:
+            if raw.error is not None:
+                raise raw.error from None
+            raise
 
 
 def savefig_atomic(fig, path, **savefig_kwargs) -> None:

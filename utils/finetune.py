@@ -152,9 +152,10 @@ def load_pretrained(model, path, strict=True):
     FinetuneError with the mismatches. strict=False: load every tensor whose name and shape
     match, keep the model's own (fresh) values for the others, log both lists; at least one
     tensor must match.
-    Returns dict(path, n_tensors, epoch, loaded, reinitialised, ignored): epoch is the
-    checkpoint's (None for a bare state dict), `loaded` / `reinitialised` the model's tensor
-    names taken from the file / kept as initialised, `ignored` the file's unused tensors.
+    Returns dict(path, n_tensors, epoch, config, loaded, reinitialised, ignored): epoch and
+    config (the training config, a dict) are the checkpoint's (None for a bare state dict or
+    an exported model), `loaded` / `reinitialised` the model's tensor names taken from the
+    file / kept as initialised, `ignored` the file's unused tensors.
     """
     if not path or not os.path.isfile(path):
         raise FinetuneError(f"pre-trained weights not found: {path}")
@@ -168,6 +169,7 @@ def load_pretrained(model, path, strict=True):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise FinetuneError(f"{path} has no model state dict (keys: {', '.join(map(str, list(ckpt)[:8]))})")
     state, converted = to_our_layout(clean_state_dict(state), path)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
     if converted:
         logging.info("weights %s are in the published layout: converted sp_convs.i.weights1/"
                      "weights2 to mode-major sp_convs.i.weight and the Conv1d ws.i.weight to "
@@ -194,7 +196,8 @@ def load_pretrained(model, path, strict=True):
         if unexpected:
             logging.info("ignored tensors of the weights file: %s", ", ".join(unexpected))
         return dict(path=os.path.abspath(path), n_tensors=len(fits), epoch=epoch,
-                    loaded=sorted(fits), reinitialised=reinit, ignored=unexpected)
+                    config=config, loaded=sorted(fits), reinitialised=reinit,
+                    ignored=unexpected)
     if missing or unexpected or shapes:
         parts = []
         if shapes:
@@ -207,7 +210,7 @@ def load_pretrained(model, path, strict=True):
     target.load_state_dict(state, strict=False)  # checked above; adapters (if any) stay
     epoch = ckpt.get("epoch") if "model_state" in ckpt else None
     logging.info("loaded weights %s (%d tensors, epoch %s)", path, len(state), epoch)
-    return dict(path=os.path.abspath(path), n_tensors=len(state), epoch=epoch,
+    return dict(path=os.path.abspath(path), n_tensors=len(state), epoch=epoch, config=config,
                 loaded=sorted(state), reinitialised=[], ignored=[])
 
 # Named freezing presets over the parameter names of models/fno.py (fc0 = lift, sp_convs/ws =

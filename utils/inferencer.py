@@ -102,7 +102,8 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
 
     Writes summary.json (test_rel_l2_mean, test_rel_l2_median, test_loss, n_test, weights,
     test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png, and records
-    the result in the model card beside `weights` if there is one (utils/pretrained.py).
+    the result in the model card beside `weights` when it is the card of the run evaluated on
+    its own test split (`utils.pretrained.record_test_result`; never a shipped model's card).
     A config without scales_path uses the scales the weights carry (model_info).
     Returns the summary dict.
     """
@@ -153,7 +154,7 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
         fig = plot_examples(*res["examples"], path=os.path.join(out_dir, EVAL_EXAMPLES))
         plt.close(fig)
     write_json_atomic(os.path.join(out_dir, EVAL_SUMMARY), summary)
-    record_test_result(weights, summary, rel)
+    record_test_result(weights, summary, rel, run_config=info.get("config"))
     logging.info("test %s: rel L2 mean %.4g median %.4g, loss %.4g over %d samples",
                  test_path, summary["test_rel_l2_mean"], summary["test_rel_l2_median"],
                  summary["test_loss"], summary["n_test"])

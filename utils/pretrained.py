@@ -32,11 +32,12 @@ uses; its factor cancels in u (DESIGN.md section 5), so the model's output is u 
                     mid-epoch checkpoint); `test` once eval.py has run (model card, export)
 
 Model card: the trainer writes `model_card.json` (the model_info of ckpt_best.tar plus
-`weights`) beside ckpt_best.tar with every new best. eval.py never rewrites a checkpoint; it
-records its result in the card beside the weights it evaluated (when there is one): under
-`metrics.test` when the test file comes from the training distribution (same PDE, coefficient
-range, grid and source parameters, see `same_distribution`), and in any case under
-`evaluations[test file name]`. `export_pretrained` (python utils/pretrained.py export ...)
+`weights`) beside ckpt_best.tar with every new best. eval.py never rewrites a checkpoint, nor
+the card of an exported / shipped model; it records its result in the card of a training run
+only when it evaluates that run on its own test split (`record_test_result` has the rule):
+under `evaluations[test file name]`, and under `metrics.test` when the test file comes from
+the training distribution (same PDE, coefficient range, grid and source parameters, see
+`same_distribution`). `export_pretrained` (python utils/pretrained.py export ...)
 writes a small shippable `model.pt` (float32 weights + model_info with the card's test
 metrics, no optimizer state) and its card.
 
@@ -163,7 +164,7 @@ def build_model_info(params, metrics=None, n_params=None):
     """model_info of a model trained with config `params` (YParams or the config dict a
     checkpoint stores); reads the train file headers and the scales (or `scales`)."""
     from models.fno import count_parameters, resolve_config
-    from utils.data_utils import load_scales, resolve_paths
+    from utils.data_utils import load_scales, resolve_paths, training_rows
 
     arch = resolve_config(params)
     layout = _get(params, "channel_layout", "native") or "native"
@@ -188,8 +189,9 @@ def build_model_info(params, metrics=None, n_params=None):
         scales = load_scales(_get(params, "scales_path"), len(channels) - 1)
     pretrained = _get(params, "pretrained")
     name = getattr(params, "config_name", None) or _get(params, "config_name")
-    training = dict(config=name, n_train=sum(d["n_samples"] for d in files) // max(
-        1, int(_get(params, "subsample", 1) or 1)))
+    # the rows the data loader trains on (n_train or subsample; utils.data_utils)
+    training = dict(config=name, n_train=sum(len(training_rows(params, d["n_samples"]))
+                                             for d in files))
     for key in ("max_epochs", "batch_size", "lr", "optimizer", "scheduler", "loss_func",
                 "loss_style", "seed", "subsample", "freeze", "finetune_mode",
                 "lora_rank"):
@@ -307,17 +309,43 @@ def same_distribution(info, test_attrs):
     return True
 
 
-def record_test_result(weights, summary, rel_l2):
-    """After eval.py: put the test result into the model card beside `weights` (if there is
-    one and it describes these weights). Returns the card path or None."""
+def _same_file(a, b):
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def record_test_result(weights, summary, rel_l2, run_config=None):
+    """After eval.py: put the test result into the model card beside `weights`, when the rule
+    below allows it. Returns the card path, or None when the card was left as it is.
+
+    The rule (DESIGN.md section 9): a card takes a test result only from an evaluation of
+    its own training run on that run's test split, that is when
+    - the weights are a training checkpoint: they carry their training config `run_config`
+      (an exported or shipped `model.pt` carries none, so its card is never rewritten);
+    - the card beside them describes them (its `weights` is their file name);
+    - the test file is the file the run's config names as `test_path` (the same file);
+    - the mean error is finite (a NaN result is never recorded).
+    The result goes under `evaluations[test file]`, and under `metrics.test` when the test
+    file has the training distribution (`same_distribution`). A card that cannot be written
+    (read-only location, full disk) is a warning: the evaluation's own outputs are written.
+    """
+    from utils.errors import StorageError
+
     path = card_path_for(weights)
-    if not os.path.isfile(path):
+    if not (isinstance(run_config, dict) and os.path.isfile(path)):
+        return None
+    if not _same_file(run_config.get("test_path"), summary["test_path"]):
+        return None   # another test file: its result lives in the eval output folder only
+    rel_l2 = np.asarray(rel_l2, np.float64)
+    if rel_l2.size == 0 or not np.all(np.isfinite(rel_l2)):
+        logging.warning("model card %s left unchanged: the test error is not finite", path)
         return None
     card = read_card(path)
     if card.get("weights") != os.path.basename(weights):
         return None  # the card describes another file of this directory (ckpt_best.tar)
     attrs = describe_data_file(summary["test_path"])
-    rel_l2 = np.asarray(rel_l2, np.float64)
     result = dict(rel_l2_mean=float(rel_l2.mean()), rel_l2_median=float(np.median(rel_l2)),
                   rel_l2_std=float(rel_l2.std(ddof=1)) if rel_l2.size > 1 else 0.0,
                   n_test=int(rel_l2.size), test_loss=summary.get("test_loss"),
@@ -326,7 +354,12 @@ def record_test_result(weights, summary, rel_l2):
     card.setdefault("evaluations", {})[attrs["file"]] = result
     if same_distribution(card, attrs):
         card.setdefault("metrics", {})["test"] = result
-    write_card(path, {k: v for k, v in card.items() if k != "weights"}, card["weights"])
+    try:
+        write_card(path, {k: v for k, v in card.items() if k != "weights"}, card["weights"])
+    except (StorageError, OSError) as e:
+        logging.warning("model card %s not updated (%s); the result is in the evaluation's "
+                        "output folder", path, e)
+        return None
     logging.info("model card %s: recorded the test result on %s", path, attrs["file"])
     return path
 

@@ -373,17 +373,16 @@ class Trainer:
             raise error
 
     def _restore(self, path):
+        def unreadable(e):
+            return CheckpointError(f"cannot resume from {path}: {describe_load_error(e)}; move "
+                                   f"it away to start this run afresh")
         try:
             ckpt = safe_torch_load(path, map_location=self.device)
-            self.raw_model.load_state_dict(clean_state_dict(ckpt.get("lora_state")
-                                                            or ckpt["model_state"]))
-            self.optimizer.load_state_dict(ckpt["optimizer_state"])
-            if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler_state"])
         except Exception as e:
-            raise CheckpointError(f"cannot resume from {path}: {describe_load_error(e)}; move it "
-                                  f"away to start this run afresh") from e
-        if isinstance(ckpt.get("config"), dict):
+            raise unreadable(e) from e
+        # the settings first: a changed model (layers, modes, ...) is a changed setting, named
+        # as such, not a state dict that fails to load
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
             # a key the checkpoint lacks (written before the key existed) had its default
             diff = config_differences({**defaults(), **ckpt["config"]}, self.params.to_dict())
             if diff:
@@ -391,6 +390,14 @@ class Trainer:
                     f"cannot resume {self.run_dir} with other settings than its checkpoint "
                     f"({'; '.join(diff)}); restore them or use a new --run_num (may change on "
                     f"resume: {', '.join(RESUME_SAFE_KEYS)})")
+        try:
+            self.raw_model.load_state_dict(clean_state_dict(ckpt.get("lora_state")
+                                                            or ckpt["model_state"]))
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+            if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        except Exception as e:
+            raise unreadable(e) from e
         if self.scheduler is not None:
             adapt_cosine_period(self.scheduler, self.optimizer,
                                 int(self.params.get("max_cosine_lr_epochs") or self.max_epochs))
