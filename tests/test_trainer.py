@@ -52,8 +52,8 @@ def test_training_learns(cfg, tmp_path):
     rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == list(range(1, 16))
     assert rows[0]["val_rel_l2"] > 0.6
-    for key in ("epoch", "train_loss", "val_loss", "val_rel_l2", "lr", "epoch_time_s",
-                "train_samples_per_s"):
+    for key in ("epoch", "iters", "train_loss", "val_loss", "val_rel_l2", "lr",
+                "interval_time_s", "train_time_s", "train_samples_per_s"):
         assert key in rows[0]
     on_disk = json.load(open(tmp_path / "run" / "train_summary.json"))
     assert on_disk["best_val_rel_l2"] == summary["best_val_rel_l2"]

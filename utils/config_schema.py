@@ -109,6 +109,13 @@ SCHEMA = {
                      "(published)", nullable=True, min=0),
     "max_cosine_lr_epochs": Key(None, (int,), "cosine period in epochs; null: the epochs the "
                                 "run trains", nullable=True, min=1),
+    "val_every_steps": Key(0, (int,), "validate (and checkpoint) every max(this, steps per "
+                           "epoch) optimizer steps and at the end; 0 or null: every epoch "
+                           "(published)", nullable=True, min=0),
+    "ckpt_every_s": Key(0, NUM, "> 0: write the latest checkpoint when this many seconds "
+                        "passed since the last one (checked after every step) instead of at "
+                        "every validation; 0 or null: at every validation", nullable=True,
+                        min=0),
     "grad_clip": Key(None, NUM, "max gradient 2-norm; null: no clipping", nullable=True,
                      min=0),
     "seed": Key(0, (int,), "model initialisation, epoch order, n_train subset", min=0),

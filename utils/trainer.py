@@ -3,10 +3,11 @@
 Run directory `{root_dir}/expts/{config}/{run_num}/` (utils/run_layout.py; rank 0 writes,
 every file atomically):
   hyperparams.yaml         the config as run (with --set overrides and derived sizes)
-  checkpoints/ckpt.tar     latest state, written after every epoch / on SIGTERM
-  checkpoints/ckpt_best.tar  the epoch with the lowest validation loss
-  metrics.jsonl            one JSON object per epoch
-  train_summary.json       written when training reaches max_epochs
+  checkpoints/ckpt.tar     latest state, written at every validation check (or every
+                           `ckpt_every_s` seconds), at the end and on SIGTERM/SIGUSR1
+  checkpoints/ckpt_best.tar  the check with the lowest validation loss
+  metrics.jsonl            one JSON object per validation check
+  train_summary.json       written when training reaches its end
 
 Loss scaling under DDP: the loss of a batch is the mean over its samples of a per-sample loss
 (see utils.loss_utils), every rank has the same local batch B/W (training batches are full:
@@ -18,10 +19,15 @@ gives every run at least S optimizer steps: the run trains `epochs_for_steps(max
 steps_per_epoch)` epochs (more for a small training set) and the cosine schedule spans those
 epochs (unless `max_cosine_lr_epochs` is set).
 
-Epochs are counted from 1: checkpoint `epoch` = number of completed epochs (= the 1-based
-index of the last completed one); a checkpoint written on a signal mid-epoch also records
-`step_in_epoch` (> 0) and the partial epoch sums, and resume continues with the next batch of
-the same (seeded) epoch order.
+Cadence: validation (and with it the latest checkpoint) happens every `check_interval`
+optimizer steps = max(val_every_steps, steps per epoch), i.e. every epoch by default, and
+always after the last step. The lr schedule does not depend on it: the cosine steps at every
+epoch end. A 1-step epoch with val_every_steps 50 validates every 50 epochs.
+
+Epochs are counted from 1: checkpoint `epoch` = number of completed epochs; a checkpoint
+written between two checks (on a signal, or by `ckpt_every_s`) may be inside an epoch: it
+records `step_in_epoch` (> 0) and the training-loss sums since the last check (`partial`),
+and resume continues with the next batch of the same (seeded) epoch order.
 """
 import json
 import logging
@@ -147,13 +153,20 @@ def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
     return max(int(max_epochs), -(-int(min_steps) // max(1, int(steps_per_epoch))))
 
 
+def check_interval(val_every_steps, steps_per_epoch):
+    """Optimizer steps between two validation checks: every `val_every_steps` steps or every
+    epoch, whichever is later (0 or null: every epoch, the published protocol); e.g. 1-step
+    epochs with val_every_steps 50 -> 50, 32-step epochs with 50 -> 50, with 20 -> 32."""
+    return max(int(val_every_steps or 0), int(steps_per_epoch), 1)
+
+
 # Keys that may differ between a run's checkpoint and the config it is resumed with: they
 # change how the run is executed or logged, not what it computes. max_epochs (and
 # max_cosine_lr_epochs) may change too: the cosine schedule then follows the new period from
 # the current epoch (`adapt_cosine_period`). Any other difference refuses the resume.
 RESUME_SAFE_KEYS = ("max_epochs", "max_cosine_lr_epochs", "num_data_workers", "valid_batch_size",
                     "log_to_wandb", "plot_figs", "entity", "project", "in_memory", "compile",
-                    "save_checkpoint", "pretrained", "pretrained_strict")
+                    "save_checkpoint", "pretrained", "pretrained_strict", "ckpt_every_s")
 
 
 def config_differences(old, new, safe=RESUME_SAFE_KEYS):
@@ -266,13 +279,19 @@ class Trainer:
         self.optimizer = build_optimizer(params, self.raw_model)
         self.scheduler = build_scheduler(params, self.optimizer, self.max_epochs)
 
+        # cadence: a validation check every `check_every` steps and after the last one
+        self.total_steps = self.max_epochs * self.steps_per_epoch
+        self.check_every = check_interval(params.val_every_steps, self.steps_per_epoch)
+        self.ckpt_every_s = float(params.ckpt_every_s or 0)
+
         self.epoch = 0           # completed epochs
-        self.iters = 0
-        self.step_in_epoch = 0   # > 0 only when resuming a mid-epoch checkpoint
-        self.partial = None      # partial epoch sums of that checkpoint
+        self.iters = 0           # optimizer steps taken
+        self.step_in_epoch = 0   # steps taken in epoch self.epoch + 1
+        self.partial = None      # training-loss sums since the last check, of a checkpoint
         self.best_val_loss = math.inf
         self.best_val_rel_l2 = math.inf
         self.best_epoch = 0
+        self.best_step = 0
         self.resumed = os.path.isfile(self.ckpt_path)
         if self.resumed:
             self._restore(self.ckpt_path)
@@ -315,7 +334,7 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
-    def _checkpoint(self, step_in_epoch=0, partial=None):
+    def _checkpoint(self, partial=None, at_check=True):
         return dict(
             # plain weights (LoRA adapters merged): what eval.py and `pretrained` load
             model_state=export_state_dict(self.raw_model),
@@ -324,35 +343,51 @@ class Trainer:
                         if has_adapters(self.raw_model) else None),
             optimizer_state=self.optimizer.state_dict(),
             scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
-            epoch=self.epoch, iters=self.iters, step_in_epoch=step_in_epoch, partial=partial,
-            best_val_loss=self.best_val_loss, best_val_rel_l2=self.best_val_rel_l2,
-            best_epoch=self.best_epoch, rng_state=get_rng_state(), world_size=self.world,
-            config=self.params.to_dict(), model_info=self._model_info(step_in_epoch))
+            epoch=self.epoch, iters=self.iters, step_in_epoch=self.step_in_epoch,
+            partial=partial, best_val_loss=self.best_val_loss,
+            best_val_rel_l2=self.best_val_rel_l2, best_epoch=self.best_epoch,
+            best_step=self.best_step, rng_state=get_rng_state(), world_size=self.world,
+            config=self.params.to_dict(), model_info=self._model_info(at_check))
 
-    def _model_info(self, step_in_epoch=0):
-        """model_info with the validation metrics of the weights being saved (none mid-epoch)."""
-        val = self.last_val if step_in_epoch == 0 else None
-        metrics = dict(epoch=self.epoch, n_val=len(self.val_set),
+    def _model_info(self, at_check=True):
+        """model_info with the validation metrics of the weights being saved (none between
+        two checks: those weights were not validated)."""
+        val = self.last_val if at_check else None
+        metrics = dict(epoch=self._epoch_of_step(), step=self.iters, n_val=len(self.val_set),
                        val_loss=val[0] if val else None, val_rel_l2=val[1] if val else None)
         return dict(self.model_info, metrics=metrics)
 
-    def _save(self, is_best=False, step_in_epoch=0, partial=None, row=None):
-        """Rank 0 appends the metrics `row` and writes the checkpoint(s) after all ranks
-        reached this point; a failed write (full disk) raises StorageError on every rank."""
+    def _epoch_of_step(self):
+        """The 1-based epoch of the last step taken (its epoch number in metrics.jsonl)."""
+        return -(-self.iters // self.steps_per_epoch)
+
+    def _save(self, is_best=False, latest=True, row=None):
+        """Rank 0 appends the metrics `row` (a validation check) and writes ckpt_best.tar
+        (`is_best`) and ckpt.tar (`latest`) after all ranks reached this point; a failed
+        write (full disk) raises StorageError on every rank. Without a row the checkpoint
+        lies between two checks and carries the training-loss sums since the last one."""
+        partial = None
+        if row is None:   # global sums over all ranks (a collective); rank 0 adds them back
+            sums = self._allreduce_sum(self._interval_sums())
+            partial = dict(loss_sum=sums[0].item(), count=int(sums[1].item()))
         if self.distributed:
             dist.barrier()
 
         def write():
             if row is not None:   # the row first: a crash before the checkpoint drops it on resume
                 self._append_metrics(row)
-            if self.params.save_checkpoint:
-                ckpt = self._checkpoint(step_in_epoch, partial)
-                if is_best:  # best first: a crash in between only repeats this epoch on resume
+            if self.params.save_checkpoint and (is_best or latest):
+                ckpt = self._checkpoint(partial, at_check=row is not None)
+                if is_best:  # best first: a crash in between only repeats this check on resume
                     torch_save_atomic(ckpt, self.best_path)
                     write_card(self.layout.model_card, ckpt["model_info"],
                                os.path.basename(self.best_path))
-                torch_save_atomic(ckpt, self.ckpt_path)
+                if latest:
+                    torch_save_atomic(ckpt, self.ckpt_path)
         self._on_root(write, "write the checkpoint")
+        if latest:
+            self._last_ckpt_time = time.time()
+            self._last_saved_iters = self.iters
 
     def _on_root(self, fn, what, other_ranks_raise=StorageError):
         """Run fn() on rank 0 only; if it raises a UserError or StorageError, every rank
@@ -408,11 +443,14 @@ class Trainer:
         self.best_val_loss = float(ckpt["best_val_loss"])
         self.best_val_rel_l2 = float(ckpt["best_val_rel_l2"])
         self.best_epoch = int(ckpt.get("best_epoch", 0))
+        self.best_step = int(ckpt.get("best_step", self.best_epoch * self.steps_per_epoch))
         set_rng_state(ckpt["rng_state"])
         old_world = ckpt.get("world_size", self.world)
         if self.step_in_epoch and old_world != self.world:
+            # another sharding of the epoch: its steps are counted (and checked) again
             logging.warning("mid-epoch checkpoint written with %d ranks, resuming with %d: "
                             "restarting epoch %d", old_world, self.world, self.epoch + 1)
+            self.iters -= self.step_in_epoch
             self.step_in_epoch, self.partial = 0, None
 
     def _write_hyperparams(self):
@@ -421,7 +459,8 @@ class Trainer:
                   else None, global_batch_size=self.global_batch,
                   local_batch_size=self.local_batch, n_train=len(self.train_set),
                   subset_hash=self._subset_hash(), epochs_run=self.max_epochs,
-                  steps_per_epoch=self.steps_per_epoch,
+                  steps_per_epoch=self.steps_per_epoch, steps_run=self.total_steps,
+                  check_every_steps=self.check_every,
                   n_params=self.n_params, config_name=self.params.config_name)
         write_text_atomic(self.layout.hyperparams,
                           yaml.safe_dump(hp, sort_keys=False))
@@ -432,9 +471,10 @@ class Trainer:
         return getattr(self.train_set, "subset_hash", "")
 
     def _truncate_metrics(self):
-        """Make metrics.jsonl agree with the checkpoint: keep the rows of completed epochs
-        (<= self.epoch; none on a fresh start), drop later ones (they will be run again) and
-        any torn line (a crash in the middle of an append)."""
+        """Make metrics.jsonl agree with the checkpoint: keep the rows of the checks it has
+        passed (`iters` <= self.iters, or for a row without `iters` `epoch` <= self.epoch;
+        none on a fresh start), drop later ones (they will be run again) and any torn line
+        (a crash in the middle of an append)."""
         if not os.path.isfile(self.metrics_path):
             return
         with open(self.metrics_path) as f:
@@ -443,11 +483,12 @@ class Trainer:
         for line in text.splitlines():
             try:
                 row = json.loads(line)
-                epoch = int(row["epoch"])
+                passed = (int(row["iters"]) <= self.iters if "iters" in row
+                          else int(row["epoch"]) <= self.epoch)
             except (ValueError, TypeError, KeyError):
                 torn += line.strip() != ""
                 continue
-            if epoch <= self.epoch:
+            if passed:
                 keep.append(line + "\n")
         if torn:
             logging.warning("%s: dropped %d unreadable line(s) (an interrupted write)",
@@ -481,80 +522,97 @@ class Trainer:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
 
-    def _sync_flags(self, loss=None):
-        """(stop requested on any rank, non-finite loss on any rank), agreed by all ranks.
+    def _sync_flags(self, loss):
+        """(stop requested, non-finite loss, checkpoint time due) after a step, each agreed by
+        all ranks (true on any rank: true on all).
 
-        Collective under DDP: every rank calls it at the same points (each step, each epoch end).
-        """
-        if loss is None:
-            bad = torch.zeros(1, device=self.device)
-        else:
-            bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        stop = torch.full((1,), float(self._stop_signal is not None), device=bad.device)
-        flags = torch.cat([stop, bad])
+        Collective under DDP: every rank calls it after every step. The time is rank 0's."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(())
+        due = (self.is_root and self.ckpt_every_s > 0
+               and time.time() - self._last_ckpt_time >= self.ckpt_every_s)
+        flags = torch.stack([torch.tensor(float(self._stop_signal is not None), device=bad.device),
+                             bad, torch.tensor(float(due), device=bad.device)])
         if self.distributed:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        stop, bad = flags.tolist()
-        return stop > 0, bad > 0
+        stop, bad, due = flags.tolist()
+        return stop > 0, bad > 0, due > 0
 
-    # ---------------------------------------------------------------- epochs
-    def train_one_epoch(self, epoch):
-        """Train epoch `epoch` (1-based). Returns (mean train loss, seconds, samples, stopped)."""
+    # ---------------------------------------------------------------- training
+    def _interval_sums(self):
+        """This rank's (training-loss sum, sample count) since the last check, float64."""
+        return torch.stack([self._loss_sum.clone(), torch.tensor(
+            float(self._count), dtype=torch.float64, device=self.device)])
+
+    def _reset_interval(self):
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._count = 0            # training samples since the last check (this rank)
+        self._seen = 0             # ... of this process (throughput; not restored)
+        self._train_seconds = 0.0  # time inside training steps since the last check
+        self._interval_t0 = time.time()
+
+    def _finished(self):
+        return self.iters >= self.total_steps
+
+    def train_one_epoch(self, epoch, wandb_run=None):
+        """Train epoch `epoch` (1-based) from its step `self.step_in_epoch` to its end, or to
+        the end of the run; validate and checkpoint at the checks that fall inside it.
+        Returns True when a signal stopped the run (a checkpoint was written)."""
         self.model.train()
         self.train_sampler.set_epoch(epoch)
-        start_step = self.step_in_epoch
-        self.train_sampler.set_start(start_step * self.local_batch)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        if self.partial and self.is_root:
-            loss_sum += float(self.partial["loss_sum"])
-            count = int(self.partial["count"])
-        self.step_in_epoch, self.partial = 0, None
+        self.train_sampler.set_start(self.step_in_epoch * self.local_batch)
         clip = self.params.grad_clip
         batches = self.train_loader
         if self.is_root and sys.stderr.isatty():
             from tqdm import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-        t0 = time.time()
-        seen = 0
-        stopped = False
-        for step, (x, y) in enumerate(batches, start=start_step):
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            with autocast_context(self.device, self.amp):
-                pred = self.model(x)
-            loss = self.loss(pred, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), float(clip))
-            self.optimizer.step()
-            self.iters += 1
-            # one small all-reduce per step: every rank stops at the same step
-            stop, bad = self._sync_flags(loss)
-            if bad:  # nothing of this state is saved
-                self._check_batch_data(x, y, epoch, step)
-                raise TrainingDiverged(
-                    f"non-finite training loss at epoch {epoch} step {step + 1} (iteration "
-                    f"{self.iters}); stopped without writing checkpoints, the last good one "
-                    f"is epoch {self.epoch} in {self.ckpt_dir}. Lower lr or set grad_clip")
-            loss_sum += loss.detach().double() * x.shape[0]
-            count += x.shape[0]
-            seen += x.shape[0]
-            if stop:
-                stopped = True
-                sums = self._allreduce_sum(torch.stack([loss_sum.clone(), torch.tensor(
-                    float(count), dtype=torch.float64, device=self.device)]))
-                # global sums over all ranks; on resume rank 0 adds them back
-                self._save(step_in_epoch=step + 1,
-                           partial=dict(loss_sum=sums[0].item(), count=int(sums[1].item())))
-                break
-        seconds = time.time() - t0
-        self.train_sampler.set_start(0)
-        total = self._allreduce_sum(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
-                                                                        device=self.device)]))
-        mean = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        return mean, seconds, seen * self.world, stopped
+        try:
+            t0 = time.time()
+            for x, y in batches:
+                step = self.step_in_epoch
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                with autocast_context(self.device, self.amp):
+                    pred = self.model(x)
+                loss = self.loss(pred, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), float(clip))
+                self._step_lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.iters += 1
+                # one small all-reduce per step: every rank stops at the same step
+                stop, bad, ckpt_due = self._sync_flags(loss)
+                if bad:  # nothing of this state is saved
+                    self._check_batch_data(x, y, epoch, step)
+                    raise TrainingDiverged(
+                        f"non-finite training loss at epoch {epoch} step {step + 1} (iteration "
+                        f"{self.iters}); stopped without writing checkpoints, the last good one "
+                        f"is at iteration {self._last_saved_iters} in {self.ckpt_dir}. Lower "
+                        f"lr or set grad_clip")
+                self._loss_sum += loss.detach().double() * x.shape[0]
+                self._count += x.shape[0]
+                self._seen += x.shape[0]
+                self.step_in_epoch += 1
+                if self.step_in_epoch == self.steps_per_epoch:   # the epoch is complete
+                    self.epoch, self.step_in_epoch = epoch, 0
+                    if self.scheduler is not None:   # the schedule is per epoch
+                        self.scheduler.step()
+                self._train_seconds += time.time() - t0
+                if self.iters % self.check_every == 0 or self._finished():
+                    self._check(wandb_run, force_latest=stop or ckpt_due)
+                elif stop or ckpt_due:
+                    self._save(latest=True)
+                if stop:
+                    logging.warning("stopped by signal at epoch %d step %d (iteration %d); "
+                                    "checkpoint %s", epoch, step + 1, self.iters, self.ckpt_path)
+                    return True
+                if self._finished():
+                    break
+                t0 = time.time()
+        finally:
+            self.train_sampler.set_start(0)
+        return False
 
     def _check_batch_data(self, x, y, epoch, step):
         """A non-finite loss from non-finite DATA is the data's fault, not the optimiser's:
@@ -583,57 +641,70 @@ class Trainer:
         return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), res.get("examples")
 
     # ---------------------------------------------------------------- main loop
+    def _check(self, wandb_run, force_latest=False):
+        """A validation check after step self.iters: validate, update the best, append the
+        metrics row, write ckpt_best.tar (new best) and ckpt.tar (at every check when
+        ckpt_every_s is 0; else when `force_latest`, i.e. the time is due or a signal came,
+        and at the end)."""
+        want_fig = bool(wandb_run) and self.params.plot_figs
+        epoch = self._epoch_of_step()
+        val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
+        if not math.isfinite(val_loss):
+            if all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+                raise DataError(f"non-finite validation loss at epoch {epoch} from a "
+                                f"finite model: check the data {self.params.val_path}")
+            raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
+                                   f"stopped without writing checkpoints")
+        self.last_val = (val_loss, val_rel)
+        is_best = val_loss <= self.best_val_loss
+        if is_best:
+            self.best_val_loss, self.best_val_rel_l2 = val_loss, val_rel
+            self.best_epoch, self.best_step = epoch, self.iters
+        total = self._allreduce_sum(self._interval_sums())
+        train_loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        samples = self._seen * self.world
+        row = dict(epoch=epoch, iters=self.iters, train_loss=train_loss, val_loss=val_loss,
+                   val_rel_l2=val_rel, lr=self._step_lr,
+                   interval_time_s=time.time() - self._interval_t0,
+                   train_time_s=self._train_seconds,
+                   train_samples_per_s=samples / max(self._train_seconds, 1e-9),
+                   best_val_loss=self.best_val_loss)
+        latest = self.ckpt_every_s == 0 or force_latest or self._finished()
+        self._save(is_best=is_best, latest=latest, row=row)
+        self._reset_interval()
+        if self.is_root:
+            logging.info("epoch %d/%d step %d/%d  train %.4g  val %.4g  val rel L2 %.4g  lr %.3g"
+                         "  %.1fs (%.1f samples/s)%s", epoch, self.max_epochs, self.iters,
+                         self.total_steps, train_loss, val_loss, val_rel, self._step_lr,
+                         row["interval_time_s"], row["train_samples_per_s"],
+                         "  *best" if is_best else "")
+            if wandb_run:
+                self._log_wandb(wandb_run, row, examples)
+
     def fit(self):
-        """Train to max_epochs. Returns the summary dict (also in train_summary.json), or
-        dict(stopped=True, ...) after a SIGTERM/SIGUSR1 checkpoint."""
+        """Train to the end of the run. Returns the summary dict (also in train_summary.json),
+        or dict(stopped=True, ...) after a SIGTERM/SIGUSR1 checkpoint."""
         wandb_run = self._init_wandb()
         self._install_signal_handlers()
         try:
-            while self.epoch < self.max_epochs:
-                epoch = self.epoch + 1
-                t_epoch = time.time()
-                train_loss, tr_seconds, samples, stopped = self.train_one_epoch(epoch)
-                if stopped:
-                    logging.warning("stopped by signal in epoch %d after %d iterations; "
-                                    "checkpoint %s", epoch, self.iters, self.ckpt_path)
-                    return dict(stopped=True, epoch=self.epoch, iters=self.iters)
-                want_fig = bool(wandb_run) and self.params.plot_figs
-                val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
-                if not math.isfinite(val_loss):
-                    if all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
-                        raise DataError(f"non-finite validation loss at epoch {epoch} from a "
-                                        f"finite model: check the data {self.params.val_path}")
-                    raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
-                                           f"stopped without writing checkpoints")
-                self.last_val = (val_loss, val_rel)
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.epoch = epoch
-                is_best = val_loss <= self.best_val_loss
-                if is_best:
-                    self.best_val_loss, self.best_val_rel_l2, self.best_epoch = val_loss, val_rel, epoch
-                row = dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_rel_l2=val_rel,
-                           lr=lr, epoch_time_s=time.time() - t_epoch,
-                           train_samples_per_s=samples / max(tr_seconds, 1e-9),
-                           best_val_loss=self.best_val_loss, iters=self.iters)
-                self._save(is_best=is_best, row=row)
-                if self.is_root:
-                    logging.info("epoch %d/%d  train %.4g  val %.4g  val rel L2 %.4g  lr %.3g  "
-                                 "%.1fs (%.1f samples/s)%s", epoch, self.max_epochs, train_loss,
-                                 val_loss, val_rel, lr, row["epoch_time_s"],
-                                 row["train_samples_per_s"], "  *best" if is_best else "")
-                    if wandb_run:
-                        self._log_wandb(wandb_run, row, examples)
-                if self._sync_flags()[0]:  # agreed: a signal may have reached one rank only
-                    logging.warning("stopped by signal after epoch %d; checkpoint %s", epoch,
-                                    self.ckpt_path)
+            self._reset_interval()
+            if self.partial and self.is_root:   # the restored sums are global: rank 0 adds them
+                self._loss_sum += float(self.partial["loss_sum"])
+                self._count += int(self.partial["count"])
+            self.partial = None
+            self._last_ckpt_time = time.time()
+            self._last_saved_iters = self.iters
+            self._step_lr = self.optimizer.param_groups[0]["lr"]
+            while not self._finished():
+                if self.train_one_epoch(self.epoch + 1, wandb_run):
                     return dict(stopped=True, epoch=self.epoch, iters=self.iters)
             summary = dict(best_val_loss=self.best_val_loss, best_val_rel_l2=self.best_val_rel_l2,
-                           best_epoch=self.best_epoch, epochs=self.epoch, n_train=len(self.train_set),
+                           best_epoch=self.best_epoch, best_step=self.best_step,
+                           epochs=self.epoch, n_train=len(self.train_set),
                            n_params=self.n_params, config=self.params.config_name,
                            global_batch_size=self.global_batch, world_size=self.world,
                            iters=self.iters, steps_per_epoch=self.steps_per_epoch,
+                           check_every_steps=self.check_every,
                            seed=int(self.params.seed or 0),
                            subset_hash=self._subset_hash(), run_dir=self.run_dir)
             self._on_root(lambda: write_json_atomic(self.layout.train_summary, summary),
