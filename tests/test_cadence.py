@@ -8,27 +8,9 @@ import signal
 import pytest
 import torch
 
-from tests.helpers import tiny_config, write_poisson_set
+from tests.test_trainer import assert_same_state, cfg, data, make  # noqa: F401 (fixtures)
 from utils import trainer as trainer_mod
-from utils.trainer import Trainer, check_interval
-from utils.YParams import YParams
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_poisson_set(str(tmp_path_factory.mktemp("data")), n=16, sizes=(48, 16, 16))
-
-
-@pytest.fixture
-def cfg(tmp_path, data):
-    return tiny_config(tmp_path, data)
-
-
-def make(cfg, run_dir, **over):
-    p = YParams(cfg, "tiny")
-    for k, v in over.items():
-        p[k] = v
-    return Trainer(p, str(run_dir))
+from utils.trainer import check_interval
 
 
 def rows(run_dir):
@@ -40,12 +22,6 @@ def weights(run_dir):
     ck = torch.load(os.path.join(run_dir, "checkpoints", "ckpt.tar"), map_location="cpu",
                     weights_only=True)
     return ck["model_state"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture
@@ -86,7 +62,7 @@ def test_one_step_epochs_validate_every_k_steps(cfg, tmp_path, writes):
     make(cfg, tmp_path / "k0", n_train=8, max_epochs=10).fit()
     r0 = rows(tmp_path / "k0")
     assert [x["iters"] for x in r0] == list(range(1, 11)) and writes["ckpt.tar"] == 10
-    assert_same_weights(weights(tmp_path / "k4"), weights(tmp_path / "k0"))
+    assert_same_state(weights(tmp_path / "k4"), weights(tmp_path / "k0"))
     # the cosine steps per epoch whatever the cadence: the same lr at the same step
     assert [x["lr"] for x in r] == [r0[i - 1]["lr"] for i in (4, 8, 10)]
     # the training loss of a row is the mean over the steps since the previous check
@@ -146,7 +122,7 @@ def test_exact_resume_between_checks(cfg, tmp_path, monkeypatch, how):
     resumed = make(cfg, tmp_path / "cut", **over, **extra)
     assert (resumed.epoch, resumed.step_in_epoch, resumed.iters) == (2, 1, 13)
     resumed.fit()
-    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    assert_same_state(weights(tmp_path / "full"), weights(tmp_path / "cut"))
     ra, rb = rows(tmp_path / "full"), rows(tmp_path / "cut")
     assert [(x["epoch"], x["iters"]) for x in ra] == [(2, 9), (3, 18)]
     assert [x["iters"] for x in rb] == [9, 18]
