@@ -52,7 +52,7 @@ def check_compatible(model, path, pde_attr, k, grid):
 
 def warn_if_shifted(model, path, h5):
     """Log a warning when the file's coefficient range or grid differs from the training data."""
-    from utils.pretrained import plain
+    from utils.checkpoint import plain
 
     train = model.info.get("data", [{}])[0]
     rng = h5.attrs.get("coef_range")

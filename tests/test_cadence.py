@@ -28,13 +28,13 @@ def weights(run_dir):
 def writes(monkeypatch):
     """Counts the checkpoint files the trainer writes, by file name."""
     counts = {"ckpt.tar": 0, "ckpt_best.tar": 0}
-    real = trainer_mod.torch_save_atomic
+    real = trainer_mod.save_checkpoint
 
-    def counting(obj, path):
+    def counting(obj, path, **kwargs):
         counts[os.path.basename(path)] += 1
-        return real(obj, path)
+        return real(obj, path, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "torch_save_atomic", counting)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", counting)
     return counts
 
 

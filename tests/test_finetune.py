@@ -11,7 +11,8 @@ import torch
 
 from models.fno import fno
 from tests.helpers import TINY_MODEL, tiny_config, write_poisson_set
-from utils.finetune import FinetuneError, freeze_parameters, load_pretrained
+from utils.checkpoint import load_weights
+from utils.finetune import FinetuneError, freeze_parameters
 from utils.YParams import REPO_ROOT, YParams
 from utils.data_utils import PDEDataset
 from utils.trainer import Trainer
@@ -76,10 +77,10 @@ def test_channel_mismatch_loading(pretrained, caplog):
     model = fno(dict(in_dim=7, **TINY_MODEL))            # mixed layout: 7 input channels
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(FinetuneError, match=r"shape mismatch: fc0.weight \(8, 4\) vs model \(8, 7\)"):
-        load_pretrained(model, weights)
+        load_weights(model, weights)
     assert all(torch.equal(fresh[k], v) for k, v in model.state_dict().items())  # untouched
     with caplog.at_level(logging.INFO):
-        info = load_pretrained(model, weights, strict=False)
+        info = load_weights(model, weights, strict=False)
     assert info["reinitialised"] == ["fc0.weight"] and info["ignored"] == []
     assert info["n_tensors"] == len(src) - 1
     state = model.state_dict()
@@ -91,7 +92,7 @@ def test_channel_mismatch_loading(pretrained, caplog):
     # nothing in common -> error, not a silently untrained model
     other = torch.nn.Linear(3, 3)
     with pytest.raises(FinetuneError, match="no tensor matches"):
-        load_pretrained(other, weights, strict=False)
+        load_weights(other, weights, strict=False)
 
 
 def test_zero_shot_eval_on_downstream_test_set(pretrained, tmp_path):

@@ -7,8 +7,8 @@ import torch
 from models.fno import fno
 from tests.test_finetune import pretrained  # noqa: F401  (the tiny pre-trained model fixture)
 from utils.errors import FinetuneError
-from utils.finetune import (apply_finetune_mode, export_state_dict,
-                            load_pretrained, merge_adapters)
+from utils.checkpoint import load_weights
+from utils.finetune import apply_finetune_mode, export_state_dict, merge_adapters
 from utils.trainer import Trainer
 from utils.YParams import YParams
 
@@ -116,7 +116,7 @@ def test_mode_training_keeps_frozen_tensors(pretrained, tmp_path, mode):
         assert torch.equal(saved["lora_state"]["sp_convs.0.weight"], base["sp_convs.0.weight"])
         # eval / pretrained load the plain weights into a plain model: same outputs
         plain = fno(t.params)
-        load_pretrained(plain, str(tmp_path / mode / "checkpoints/ckpt.tar"))
+        load_weights(plain, str(tmp_path / mode / "checkpoints/ckpt.tar"))
         x = torch.randn(2, 4, 16, 16)
         with torch.no_grad():
             torch.testing.assert_close(plain(x), t.raw_model(x), rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from models.fno import fno
 from tests.helpers import tiny_config, write_poisson_set
 from utils.errors import FinetuneError
-from utils.finetune import load_pretrained
+from utils.checkpoint import load_weights
 from utils.YParams import YParams
 
 # Non-square widths, m1 != m2 and a non-square grid: a swapped axis or transposed weight
@@ -84,7 +84,7 @@ def test_published_checkpoint_gives_published_outputs(tmp_path, caplog, complex_
     x = torch.randn(3, 4, 16, 12, generator=torch.Generator().manual_seed(1))
     ref = published_forward(state, x)
     with caplog.at_level(logging.INFO):
-        info = load_pretrained(model, path)
+        info = load_weights(model, path)
     assert info["epoch"] == 3 and info["reinitialised"] == []
     assert info["n_tensors"] == len(model.state_dict()) == 12
     assert sum("published layout" in r.getMessage() for r in caplog.records) == 1
@@ -99,7 +99,7 @@ def test_published_checkpoint_non_strict_loads_everything(tmp_path):
     state = published_state(ARCH)
     path = save_published(tmp_path / "ckpt.tar", state)
     model = fno(ARCH)
-    info = load_pretrained(model, path, strict=False)
+    info = load_weights(model, path, strict=False)
     assert info["reinitialised"] == [] and info["ignored"] == []
     assert info["n_tensors"] == len(model.state_dict())
     x = torch.randn(2, 4, 16, 12)
@@ -114,17 +114,17 @@ def test_unknown_layouts_are_rejected(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"model_state": {"encoder.weight": torch.zeros(3, 3)}}, tmp_path / "other.tar")
     with pytest.raises(FinetuneError, match="match neither this code's FNO layout"):
-        load_pretrained(model, str(tmp_path / "other.tar"), strict=False)
+        load_weights(model, str(tmp_path / "other.tar"), strict=False)
     half = published_state(ARCH)
     del half["sp_convs.1.weights2"]
     torch.save(half, tmp_path / "half.pt")
     with pytest.raises(FinetuneError, match="sp_convs.1 needs both weights1 and weights2"):
-        load_pretrained(model, str(tmp_path / "half.pt"))
+        load_weights(model, str(tmp_path / "half.pt"))
     # other mode counts than the model: the usual shape-mismatch message, in our names
     small = published_state(dict(ARCH, modes1=[2, 2]))
     torch.save(small, tmp_path / "small.pt")
     with pytest.raises(FinetuneError, match=r"sp_convs.0.weight \(8, 6, 5, 2\) vs model \(12, 6, 5, 2\)"):
-        load_pretrained(model, str(tmp_path / "small.pt"))
+        load_weights(model, str(tmp_path / "small.pt"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
 
 
@@ -145,7 +145,7 @@ class _Payload:
 def test_weights_are_loaded_without_unpickling_code(tmp_path):
     torch.save({"model_state": published_state(ARCH), "extra": _Payload()}, tmp_path / "evil.tar")
     with pytest.raises(FinetuneError, match="cannot read weights"):
-        load_pretrained(fno(ARCH), str(tmp_path / "evil.tar"))
+        load_weights(fno(ARCH), str(tmp_path / "evil.tar"))
     assert CALLS == []
 
 

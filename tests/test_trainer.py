@@ -13,7 +13,8 @@ import torch
 from tests.helpers import tiny_config, write_poisson_set
 from utils.YParams import REPO_ROOT, YParams
 from utils import fileio, trainer as trainer_mod
-from utils.finetune import FinetuneError, load_pretrained
+from utils.checkpoint import load_weights
+from utils.finetune import FinetuneError
 from utils.trainer import Trainer, TrainingDiverged
 
 
@@ -189,19 +190,19 @@ def test_load_pretrained_formats(cfg, tmp_path):
     state = t.raw_model.state_dict()
     ddp = {"module." + k: v + 1 for k, v in state.items()}
     torch.save({"model_state": ddp, "epoch": 7}, tmp_path / "ddp.tar")
-    info = load_pretrained(t.raw_model, str(tmp_path / "ddp.tar"))
+    info = load_weights(t.raw_model, str(tmp_path / "ddp.tar"))
     assert info["epoch"] == 7
     for k, v in t.raw_model.state_dict().items():
         assert torch.equal(v, ddp["module." + k])
     torch.save({"_orig_mod." + k: v for k, v in state.items()}, tmp_path / "bare.pt")
-    assert load_pretrained(t.raw_model, str(tmp_path / "bare.pt"))["epoch"] is None
+    assert load_weights(t.raw_model, str(tmp_path / "bare.pt"))["epoch"] is None
     bad = dict(state)
     bad["fc0.weight"] = torch.zeros(3, 3)
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(FinetuneError, match=r"shape mismatch: fc0.weight \(3, 3\)"):
-        load_pretrained(t.raw_model, str(tmp_path / "bad.pt"))
+        load_weights(t.raw_model, str(tmp_path / "bad.pt"))
     with pytest.raises(FinetuneError, match="not found"):
-        load_pretrained(t.raw_model, str(tmp_path / "none.pt"))
+        load_weights(t.raw_model, str(tmp_path / "none.pt"))
 
 
 def test_sigterm_cli_saves_and_exits_zero(cfg, tmp_path):

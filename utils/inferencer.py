@@ -103,14 +103,13 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     Writes summary.json (test_rel_l2_mean, test_rel_l2_median, test_loss, n_test, weights,
     test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png, and records
     the result in the model card beside `weights` when it is the card of the run evaluated on
-    its own test split (`utils.pretrained.record_test_result`; never a shipped model's card).
+    its own test split (`utils.checkpoint.record_test_result`; never a shipped model's card).
     A config without scales_path uses the scales the weights carry (model_info).
     Returns the summary dict.
     """
     from models.fno import fno
     from utils.data_utils import get_data_loader
-    from utils.finetune import load_pretrained
-    from utils.pretrained import record_test_result, scales_from_weights
+    from utils.checkpoint import load_weights, record_test_result, scales_from_weights
 
     from utils.fileio import describe_os_error
 
@@ -130,7 +129,7 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     loss = TrainingLoss.from_params(params)
     loader, dataset, _ = get_data_loader(params, test_path, distributed=False, train=False)
     model = fno(params).to(device)
-    info = load_pretrained(model, weights)
+    info = load_weights(model, weights)
     res = evaluate(model, loader, device, loss, param(params, "amp"), keep_per_sample=True,
                    n_examples=n_examples)
     rel = res["rel_l2"]

@@ -7,7 +7,7 @@
         train_summary.json                    written when training reaches max_epochs
         checkpoints/ckpt.tar                  latest state (resume)
         checkpoints/ckpt_best.tar             lowest validation loss (what eval.py reads)
-        checkpoints/model_card.json           what ckpt_best.tar is (utils/pretrained.py)
+        checkpoints/model_card.json           what ckpt_best.tar is (utils/checkpoint.py)
         eval/summary.json                     eval.py's default output folder
         eval/rel_l2_per_sample.npy, eval/examples.png
         wandb/
@@ -25,7 +25,7 @@ import os
 EVAL_SUMMARY = "summary.json"
 EVAL_PER_SAMPLE = "rel_l2_per_sample.npy"
 EVAL_EXAMPLES = "examples.png"
-# the model card beside a checkpoint (utils/pretrained.py)
+# the model card beside a checkpoint (utils/checkpoint.py)
 MODEL_CARD = "model_card.json"
 
 

@@ -44,17 +44,17 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from utils.checkpoint import (build_model_info, clean_state_dict, describe_load_error,
+                              load_weights, safe_torch_load, save_checkpoint,
+                              scales_from_weights)
 from utils.data_utils import get_data_loader
 from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
                           TrainingDiverged, UserError)
-from utils.fileio import torch_save_atomic, write_json_atomic, write_text_atomic, writing
-from utils.finetune import (apply_finetune_mode, clean_state_dict, describe_load_error,
-                            export_state_dict, has_adapters, load_pretrained,
-                            safe_torch_load)
+from utils.fileio import write_json_atomic, write_text_atomic, writing
+from utils.finetune import apply_finetune_mode, export_state_dict, has_adapters
 from utils.config_schema import SCHEMA, defaults, param
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
-from utils.pretrained import write_card
 from utils.run_guard import DirLock
 from utils.run_layout import RunLayout
 
@@ -231,7 +231,6 @@ class Trainer:
 
     def _build(self, params, run_dir, run_name):
         from models.fno import fno
-        from utils.pretrained import build_model_info, scales_from_weights
 
         self.params = params
         self.layout = RunLayout(run_dir)
@@ -273,7 +272,7 @@ class Trainer:
         # frozen / adapters added before the optimizer and DDP see the model; re-applied on resume
         self.frozen = apply_finetune_mode(self.raw_model, params)
         self.n_params = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
-        # what a user of the checkpoints needs (utils/pretrained.py); metrics added per save
+        # what a user of the checkpoints needs (utils/checkpoint.py); metrics added per save
         self.model_info = build_model_info(params)
         self.last_val = None     # (val_loss, val_rel_l2) of the current weights
         self.optimizer = build_optimizer(params, self.raw_model)
@@ -296,8 +295,8 @@ class Trainer:
         if self.resumed:
             self._restore(self.ckpt_path)
         elif params.pretrained:
-            load_pretrained(self.raw_model, params.pretrained,  # weights only, fresh optimizer
-                            strict=bool(params.pretrained_strict))
+            load_weights(self.raw_model, params.pretrained,  # weights only, fresh optimizer
+                         strict=bool(params.pretrained_strict))
 
         model = self.raw_model
         if self.distributed:
@@ -379,11 +378,9 @@ class Trainer:
             if self.params.save_checkpoint and (is_best or latest):
                 ckpt = self._checkpoint(partial, at_check=row is not None)
                 if is_best:  # best first: a crash in between only repeats this check on resume
-                    torch_save_atomic(ckpt, self.best_path)
-                    write_card(self.layout.model_card, ckpt["model_info"],
-                               os.path.basename(self.best_path))
+                    save_checkpoint(ckpt, self.best_path, card_path=self.layout.model_card)
                 if latest:
-                    torch_save_atomic(ckpt, self.ckpt_path)
+                    save_checkpoint(ckpt, self.ckpt_path)
         self._on_root(write, "write the checkpoint")
         if latest:
             self._last_ckpt_time = time.time()
