@@ -69,7 +69,7 @@ def run_sweep_trial(params, args):
     {root_dir}/sweeps/ID/{trial name}/. Returns that run directory (None: no trial left).
     """
     from utils.sweeps import apply_settings, record_trial_summary, run_wandb_trial
-    from utils.trainer import setup_distributed
+    from utils.distributed import setup_distributed
 
     _, rank, _, _ = setup_distributed()   # the broadcast needs the process group now
     params["log_to_wandb"] = True          # the trainer logs into the agent's open trial run

@@ -75,7 +75,7 @@ def make_train_step(spec, device):
     model, n_params = build_model(spec)
     model = model.to(device)
     if spec.get("trainer_optimizer"):
-        from utils.trainer import build_optimizer   # what train.py uses (fused Adam)
+        from utils.optim import build_optimizer   # what train.py uses (fused Adam)
         opt = build_optimizer({"optimizer": "adam", "lr": 1e-3}, model)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)   # plain Adam for both models

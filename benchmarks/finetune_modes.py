@@ -124,7 +124,7 @@ def time_steps(args, rounds):
     from models.fno import fno
     from utils.finetune import apply_finetune_mode
     from utils.loss_utils import TrainingLoss
-    from utils.trainer import build_optimizer
+    from utils.optim import build_optimizer
 
     params = YParams(args.yaml_config, args.ft_config)
     torch.manual_seed(0)

@@ -192,7 +192,7 @@ def check_fno(sz, device):
 def check_fused_adam(sz, device):
     """One step of train.py's optimizer (fused Adam) on the device vs plain single-tensor Adam
     on the CPU, from the same weights and gradients: relative error of the update."""
-    from utils.trainer import build_optimizer
+    from utils.optim import build_optimizer
     torch.manual_seed(1)
     model_cpu, _ = bench_train.build_model(model_spec(sz, 1))
     model_dev = copy.deepcopy(model_cpu).to(device)

@@ -10,7 +10,7 @@ import torch
 
 from tests.test_trainer import assert_same_state, cfg, data, make  # noqa: F401 (fixtures)
 from utils import trainer as trainer_mod
-from utils.trainer import check_interval
+from utils.optim import check_interval
 
 
 def rows(run_dir):

@@ -1,7 +1,7 @@
 """The trainer's optimizer: fused Adam/AdamW for real weights, the plain kernel otherwise."""
 import torch
 
-from utils.trainer import build_optimizer
+from utils.optim import build_optimizer
 
 
 def test_fused_adam_for_real_weights_and_fallback_for_complex():

@@ -15,6 +15,7 @@ from utils.YParams import REPO_ROOT, YParams
 from utils import fileio, trainer as trainer_mod
 from utils.checkpoint import load_weights
 from utils.finetune import FinetuneError
+from utils.optim import epochs_for_steps
 from utils.trainer import Trainer, TrainingDiverged
 
 
@@ -84,9 +85,9 @@ def test_min_steps_gives_small_sets_enough_steps(cfg, tmp_path):
     # off by default (the published fixed-epoch protocol); never fewer than max_epochs
     t0 = make(cfg, tmp_path / "run0", max_epochs=2, batch_size=4, n_train=8)
     assert t0.max_epochs == 2 and t0.scheduler.T_max == 2
-    assert trainer_mod.epochs_for_steps(30, 250, 32) == 30
-    assert trainer_mod.epochs_for_steps(30, 250, 1) == 250
-    assert trainer_mod.epochs_for_steps(30, 250, 8) == 32
+    assert epochs_for_steps(30, 250, 32) == 30
+    assert epochs_for_steps(30, 250, 1) == 250
+    assert epochs_for_steps(30, 250, 8) == 32
     with pytest.raises(ConfigError, match="min_steps must be"):
         make(cfg, tmp_path / "bad", min_steps=-1)
 

@@ -255,3 +255,24 @@ def validate(config, where="the config"):
                               + " (the keys: utils/config_schema.py)")
         config[key] = check_value(key, config[key])
     return config
+
+
+# Keys that may differ between a run's checkpoint and the config it is resumed with: they
+# change how the run is executed or logged, not what it computes. max_epochs (and
+# max_cosine_lr_epochs) may change too: the cosine schedule then follows the new period from
+# the current epoch (`adapt_cosine_period`). Any other difference refuses the resume.
+RESUME_SAFE_KEYS = ("max_epochs", "max_cosine_lr_epochs", "num_data_workers", "valid_batch_size",
+                    "log_to_wandb", "plot_figs", "entity", "project", "in_memory", "compile",
+                    "save_checkpoint", "pretrained", "pretrained_strict", "ckpt_every_s")
+
+
+def config_differences(old, new, safe=RESUME_SAFE_KEYS):
+    """['key: old -> new', ...] for the keys of two config dicts that differ, except `safe`."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        if key in safe:
+            continue
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out

@@ -16,7 +16,7 @@ exactly the gradient of one process with batch B. `batch_size` is the global bat
 
 Step budget: `max_epochs` is the published fixed-epoch protocol. `min_steps: S` (default 0: off)
 gives every run at least S optimizer steps: the run trains `epochs_for_steps(max_epochs, S,
-steps_per_epoch)` epochs (more for a small training set) and the cosine schedule spans those
+steps_per_epoch)` (utils/optim.py) epochs (more for a small training set) and the cosine schedule spans those
 epochs (unless `max_cosine_lr_epochs` is set).
 
 Cadence: validation (and with it the latest checkpoint) happens every `check_interval`
@@ -33,12 +33,10 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -48,13 +46,16 @@ from utils.checkpoint import (build_model_info, clean_state_dict, describe_load_
                               load_weights, safe_torch_load, save_checkpoint,
                               scales_from_weights)
 from utils.data_utils import get_data_loader
+from utils.distributed import get_rng_state, set_rng_state, set_seed, setup_distributed
 from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
                           TrainingDiverged, UserError)
 from utils.fileio import write_json_atomic, write_text_atomic, writing
 from utils.finetune import apply_finetune_mode, export_state_dict, has_adapters
-from utils.config_schema import SCHEMA, defaults, param
+from utils.config_schema import RESUME_SAFE_KEYS, SCHEMA, config_differences, defaults
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
+from utils.optim import (adapt_cosine_period, build_optimizer, build_scheduler,
+                         check_interval, epochs_for_steps)
 from utils.run_guard import DirLock
 from utils.run_layout import RunLayout
 
@@ -62,142 +63,8 @@ WANDB_INIT_TIMEOUT_S = 10   # seconds W&B may take to reach its server before go
 
 
 # --------------------------------------------------------------------------------------------
-# process group, seeds
-# --------------------------------------------------------------------------------------------
-def setup_distributed():
-    """Initialise DDP from torchrun/slurm variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
-
-    nccl on CUDA, gloo otherwise. A group is formed when there are several ranks, and also
-    for one rank launched by torchrun (TORCHELASTIC_RUN_ID set), so that a one-GPU torchrun
-    runs the same DDP code path as a multi-GPU one. Returns (world_size, rank, local_rank,
-    device).
-    """
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
-    if launched and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return world, rank, local_rank, device
-
-
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def get_rng_state():
-    """RNG states as tensors and plain values only (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = dict(python=random.getstate(),
-                 numpy=(kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
-                 torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(tuple(state["python"]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
 # optimizer and schedule (published keys: optimizer, lr, scheduler, max_cosine_lr_epochs)
 # --------------------------------------------------------------------------------------------
-def build_optimizer(params, model):
-    """Optimizer from the config. Adam/AdamW use the fused kernel (one pass over the weights
-    instead of several; 7x faster for the 67M-parameter FNO on CPU) when every parameter is a
-    real floating tensor, which the fused kernel requires."""
-    name = param(params, "optimizer")
-    lr = float(param(params, "lr"))
-    fused = all(p.is_floating_point() for p in model.parameters())
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, fused=fused,
-                                 weight_decay=float(param(params, "weight_decay")))
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    raise ConfigError(f"unknown optimizer '{name}' (expected adam, adamw or sgd)")
-
-
-def build_scheduler(params, optimizer, epochs=None):
-    """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default: `epochs`, the epochs
-    the run trains, else max_epochs) or 'none'."""
-    name = param(params, "scheduler")
-    if name in (None, "none"):
-        return None
-    if name == "cosine":
-        t_max = param(params, "max_cosine_lr_epochs") or epochs or param(params, "max_epochs")
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(t_max))
-    raise ConfigError(f"unknown scheduler '{name}' (expected cosine or none)")
-
-
-def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
-    """Epochs to train: max_epochs, or more when that gives fewer than min_steps optimizer steps.
-
-    max(max_epochs, ceil(min_steps / steps_per_epoch)); e.g. 8 samples in batches of 8 (one step
-    an epoch) with max_epochs 30 and min_steps 250 -> 250 epochs.
-    """
-    return max(int(max_epochs), -(-int(min_steps) // max(1, int(steps_per_epoch))))
-
-
-def check_interval(val_every_steps, steps_per_epoch):
-    """Optimizer steps between two validation checks: every `val_every_steps` steps or every
-    epoch, whichever is later (0 or null: every epoch, the published protocol); e.g. 1-step
-    epochs with val_every_steps 50 -> 50, 32-step epochs with 50 -> 50, with 20 -> 32."""
-    return max(int(val_every_steps or 0), int(steps_per_epoch), 1)
-
-
-# Keys that may differ between a run's checkpoint and the config it is resumed with: they
-# change how the run is executed or logged, not what it computes. max_epochs (and
-# max_cosine_lr_epochs) may change too: the cosine schedule then follows the new period from
-# the current epoch (`adapt_cosine_period`). Any other difference refuses the resume.
-RESUME_SAFE_KEYS = ("max_epochs", "max_cosine_lr_epochs", "num_data_workers", "valid_batch_size",
-                    "log_to_wandb", "plot_figs", "entity", "project", "in_memory", "compile",
-                    "save_checkpoint", "pretrained", "pretrained_strict", "ckpt_every_s")
-
-
-def config_differences(old, new, safe=RESUME_SAFE_KEYS):
-    """['key: old -> new', ...] for the keys of two config dicts that differ, except `safe`."""
-    out = []
-    for key in sorted(set(old) | set(new), key=str):
-        if key in safe:
-            continue
-        a, b = old.get(key), new.get(key)
-        if a != b:
-            out.append(f"{key}: {a!r} -> {b!r}")
-    return out
-
-
-def adapt_cosine_period(scheduler, optimizer, t_max):
-    """Give a restored CosineAnnealingLR the period `t_max` (a resume with another
-    max_epochs): the learning rate becomes the cosine of the new period at the current epoch,
-    eta_min + (base - eta_min) (1 + cos(pi e / t_max)) / 2, and continues on it, so the
-    remaining epochs run at the rates a run started with t_max would use."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) \
-            or scheduler.T_max == t_max:
-        return
-    e = scheduler.last_epoch
-    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * e / t_max)) / 2
-           for base in scheduler.base_lrs]
-    logging.info("cosine period %d -> %d epochs: lr %.4g at epoch %d", scheduler.T_max, t_max,
-                 lrs[0], e)
-    scheduler.T_max = t_max
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = lrs
 
 
 def _check_params(params):
