@@ -426,7 +426,7 @@ def test_unwritable_output_found_before_the_work(setup, tmp_path, capsys):
     ("lr=-1e-3", "lr must be >= 0, got -0.001"),
     ("max_epochs=2.7", "max_epochs must be an integer, got 2.7"),
     ("valid_batch_size=0", "valid_batch_size must be >= 1, got 0"),
-    ("scheduler=cosinus", "scheduler must be one of cosine, none, got 'cosinus'"),
+    ("scheduler=cosinus", "scheduler must be one of cosine, plateau, none, got 'cosinus'"),
 ])
 def test_bad_values_one_line_exit_2(setup, tmp_path, capsys, setting, match):
     tmp, data, cfg = setup

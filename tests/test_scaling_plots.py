@@ -425,3 +425,34 @@ def test_flat_fit_never_reaches_target_without_overflow():
         fit = {"a": 1.0, "b": 1e-4, "c": 0.0, "cov": cov, "form": "a*n^-b"}
         n, _ = st.fit_inverse(fit, 0.5)
         assert n == math.inf
+
+
+def test_capped_while_improving_flag_in_tables(tmp_path, capsys):
+    """The sweep column `capped_while_improving` (utils/trainer.py) is counted over the chosen
+    lr's seeds: in the selected and seed tables, the summary lines and the CLI's table; a
+    flag at another lr does not count; a table without the column counts 0."""
+    rows = [dict(lr=lr, n_train=n, seed=s, best_val_rel_l2=0.1 if lr == 1e-3 else 0.2,
+                 test_rel_l2_mean=0.05, status="done",
+                 capped_while_improving=(n == 64 and s < 2) or lr == 1e-4)
+            for n in (64, 128) for lr in (1e-4, 1e-3, 1e-2) for s in range(3)]
+    path = str(tmp_path / "r.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SEED_FIELDS + ["capped_while_improving"])
+        w.writeheader()
+        w.writerows(rows)
+    res = sp.analyse([path + "@approach=scratch"], str(tmp_path / "out"))
+    sel = {s["n_train"]: s for s in res["selected"]}
+    assert sel[64]["lr"] == sel[128]["lr"] == 1e-3
+    assert (sel[64]["capped_while_improving"], sel[128]["capped_while_improving"]) == (2, 0)
+    with open(res["files"]["selected"]) as f:
+        assert [r["capped_while_improving"] for r in csv.DictReader(f)] == ["2", "0"]
+    with open(res["files"]["seeds"]) as f:
+        assert [r["capped_while_improving"] for r in csv.DictReader(f)][:3] == [
+            "True", "True", "False"]
+    assert [line for line in res["lines"] if "step cap" in line] == [
+        "[model] scratch n_train=64: 2 of 3 seed(s) ended at the step cap while still "
+        "improving (budget-limited, not converged)"]
+    sp.main([path + "@approach=scratch", "--out_dir", str(tmp_path / "cli")])
+    assert "capped 2/3" in capsys.readouterr().out
+    old = sp.analyse([_write_seeded(tmp_path / "old.csv", rows)], str(tmp_path / "old"))
+    assert all(s["capped_while_improving"] == 0 for s in old["selected"])

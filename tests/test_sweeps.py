@@ -97,7 +97,8 @@ if os.path.basename(sys.argv[0]) == "train.py":
     os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
     open(os.path.join(run, "checkpoints", "ckpt_best.tar"), "w").write("w")
     json.dump({"n_train": 64 // s["subsample"], "best_val_rel_l2": s["lr"] * s["subsample"],
-               "best_val_loss": 1.0, "best_epoch": 1, "epochs": 2, "n_params": 123},
+               "best_val_loss": 1.0, "best_epoch": 1, "epochs": 2, "n_params": 123,
+               "stopped_early": False, "capped_while_improving": s["subsample"] == 2},
               open(os.path.join(run, "train_summary.json"), "w"))
     evaluate()
 else:
@@ -152,6 +153,9 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     assert float(rows["lr1em3_s2"]["best_val_rel_l2"]) == pytest.approx(2e-3)
     assert float(rows["lr1em3_s2"]["test_rel_l2_mean"]) == pytest.approx(2e-3)
     assert rows["lr1em3_s2"]["approach"] == "scratch"
+    # the trainer's flags (train_summary.json) are columns
+    assert (rows["lr1em3_s2"]["capped_while_improving"], rows["lr1em4_s1"]["stopped_early"]) \
+        == ("True", "False")
     n_before = len(_calls(root))
 
     # resume: done trials are skipped, the trained one is only evaluated (eval.py), the other

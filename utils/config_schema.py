@@ -101,14 +101,31 @@ SCHEMA = {
     "optimizer": Key("adam", (str,), "optimizer", choices=("adam", "adamw", "sgd")),
     "lr": Key(1e-3, NUM, "learning rate", min=0),
     "weight_decay": Key(0.01, NUM, "AdamW weight decay", min=0),
-    "scheduler": Key("none", (str,), "per-epoch learning-rate schedule",
-                     nullable=True, choices=("cosine", "none")),
+    "scheduler": Key("none", (str,), "learning-rate schedule: 'cosine' per epoch over the "
+                     "epochs trained (published), 'plateau' warm-up + constant + reduce on "
+                     "validation plateaus (for early stopping), 'none'", nullable=True,
+                     choices=("cosine", "plateau", "none")),
+    "warmup_steps": Key(0, (int,), "linear warm-up steps of scheduler 'plateau'",
+                        nullable=True, min=0),
+    "lr_plateau_patience": Key(3, (int,), "scheduler 'plateau': checks without improvement "
+                               "before the lr is reduced", min=1),
+    "lr_plateau_factor": Key(0.5, NUM, "scheduler 'plateau': lr multiplier at a plateau (< 1)",
+                             min=0),
     "max_epochs": Key(None, (int,), "epochs to train", nullable=True, min=1,
                       required="train"),
     "min_steps": Key(0, (int,), "at least this many optimizer steps; 0 or null: fixed epochs "
                      "(published)", nullable=True, min=0),
     "max_cosine_lr_epochs": Key(None, (int,), "cosine period in epochs; null: the epochs the "
                                 "run trains", nullable=True, min=1),
+    "max_steps": Key(0, (int,), "> 0: the run's length in optimizer steps (the cap of an "
+                     "early-stopped run), instead of max_epochs / min_steps; 0 or null: "
+                     "max_epochs", nullable=True, min=0),
+    "early_stop_patience": Key(0, (int,), "stop at the validation check that is the n-th in "
+                               "a row without improvement; 0 or null: off (published)",
+                               nullable=True, min=0),
+    "early_stop_min_delta": Key(0.0, NUM, "an improvement: validation loss < best * (1 - "
+                                "this) (relative; < 1); also the plateau schedule's",
+                                nullable=True, min=0),
     "val_every_steps": Key(0, (int,), "validate (and checkpoint) every max(this, steps per "
                            "epoch) optimizer steps and at the end; 0 or null: every epoch "
                            "(published)", nullable=True, min=0),
@@ -258,12 +275,13 @@ def validate(config, where="the config"):
 
 
 # Keys that may differ between a run's checkpoint and the config it is resumed with: they
-# change how the run is executed or logged, not what it computes. max_epochs (and
+# change how the run is executed or logged, not what it computes. max_epochs, max_steps (and
 # max_cosine_lr_epochs) may change too: the cosine schedule then follows the new period from
 # the current epoch (`adapt_cosine_period`). Any other difference refuses the resume.
 RESUME_SAFE_KEYS = ("max_epochs", "max_cosine_lr_epochs", "num_data_workers", "valid_batch_size",
                     "log_to_wandb", "plot_figs", "entity", "project", "in_memory", "compile",
-                    "save_checkpoint", "pretrained", "pretrained_strict", "ckpt_every_s")
+                    "save_checkpoint", "pretrained", "pretrained_strict", "ckpt_every_s",
+                    "max_steps")
 
 
 def config_differences(old, new, safe=RESUME_SAFE_KEYS):

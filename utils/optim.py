@@ -1,6 +1,7 @@
 """Optimizer, learning-rate schedule and step arithmetic of a training run (published keys:
 optimizer, lr, weight_decay, scheduler, max_cosine_lr_epochs; the step budget `min_steps` and
-the validation cadence `val_every_steps`)."""
+the validation cadence `val_every_steps`; the early-stopping rule and the plateau schedule of
+converged training: `early_stop_update`, `PlateauSchedule`)."""
 import logging
 import math
 
@@ -28,15 +29,79 @@ def build_optimizer(params, model):
 
 
 def build_scheduler(params, optimizer, epochs=None):
-    """Per-epoch schedule: 'cosine' over max_cosine_lr_epochs (default: `epochs`, the epochs
-    the run trains, else max_epochs) or 'none'."""
+    """'cosine': per epoch over max_cosine_lr_epochs (default: `epochs`, the epochs the run
+    trains, else max_epochs); 'plateau': `PlateauSchedule` (per step and per check); 'none'."""
     name = param(params, "scheduler")
     if name in (None, "none"):
         return None
     if name == "cosine":
         t_max = param(params, "max_cosine_lr_epochs") or epochs or param(params, "max_epochs")
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(t_max))
-    raise ConfigError(f"unknown scheduler '{name}' (expected cosine or none)")
+    if name == "plateau":
+        return PlateauSchedule(optimizer, int(param(params, "warmup_steps") or 0),
+                               int(param(params, "lr_plateau_patience")),
+                               float(param(params, "lr_plateau_factor")),
+                               float(param(params, "early_stop_min_delta") or 0))
+    raise ConfigError(f"unknown scheduler '{name}' (expected cosine, plateau or none)")
+
+
+def is_improvement(value, best, min_delta):
+    """`value` improves on `best` by more than the relative margin `min_delta`:
+    value < best (1 - min_delta); anything finite improves on best = inf."""
+    return value < best * (1.0 - min_delta) if math.isfinite(best) else math.isfinite(value)
+
+
+def early_stop_update(best, bad_checks, value, min_delta):
+    """One validation check of the stopping rule: (best, bad_checks) after `value`.
+
+    best: the best value so far by the rule (inf before the first check); bad_checks: the
+    checks since it was set. A value that improves on best by more than min_delta (relative)
+    becomes the best and resets the count; any other value adds one."""
+    if is_improvement(value, best, min_delta):
+        return value, 0
+    return best, bad_checks + 1
+
+
+class PlateauSchedule:
+    """Warm-up, then a constant lr reduced on plateaus (`scheduler: plateau`).
+
+    The lr of optimizer step s (1-based) is lr0 min(1, s / warmup_steps) factor^k, where k
+    counts the reductions so far: after `patience` validation checks in a row without an
+    improvement (`is_improvement` with `min_delta`, the rule of early stopping) the lr is
+    multiplied by `factor` and the count restarts. With early stopping's patience larger than
+    this one the run tries smaller learning rates before it stops. State: plain values."""
+
+    def __init__(self, optimizer, warmup_steps, patience, factor, min_delta):
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.warmup_steps, self.patience, self.factor = warmup_steps, patience, factor
+        self.min_delta = min_delta
+        self.reductions, self.best, self.bad_checks = 0, math.inf, 0
+
+    def set_step(self, step):
+        """Set the lr of optimizer step `step` (1-based) in every parameter group."""
+        warm = min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * warm * self.factor ** self.reductions
+
+    def on_check(self, value):
+        """A validation check with loss `value`: count it, reduce the lr on a plateau."""
+        self.best, self.bad_checks = early_stop_update(self.best, self.bad_checks, value,
+                                                       self.min_delta)
+        if self.bad_checks >= self.patience:
+            self.reductions += 1
+            self.bad_checks = 0
+            logging.info("validation plateau: lr x %g (reduction %d)", self.factor,
+                         self.reductions)
+
+    def state_dict(self):
+        return dict(base_lrs=list(self.base_lrs), reductions=self.reductions, best=self.best,
+                    bad_checks=self.bad_checks)
+
+    def load_state_dict(self, state):
+        self.base_lrs = list(state["base_lrs"])
+        self.reductions, self.best = int(state["reductions"]), float(state["best"])
+        self.bad_checks = int(state["bad_checks"])
 
 
 def adapt_cosine_period(scheduler, optimizer, t_max):

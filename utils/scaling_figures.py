@@ -27,7 +27,8 @@ STYLES = {"finetune": dict(color="C0", marker="o"), "scratch": dict(color="C3", 
 
 
 def _draw_curve(ax, sel, points, fit, style, label):
-    """Mean line, 95% band, faint seed points, lr-at-edge rings and the fit of one curve."""
+    """Mean line, 95% band, faint seed points, lr-at-edge rings, capped-while-improving
+    crosses and the fit of one curve."""
     ns = np.array([s["n_train"] for s in sel], dtype=float)
     mean = np.array([s["test"] for s in sel])
     k = max(s["n_seeds"] for s in sel)
@@ -47,6 +48,12 @@ def _draw_curve(ax, sel, points, fit, style, label):
         ax.scatter([s["n_train"] for s in edge], [s["test"] for s in edge], s=130,
                    facecolors="none", edgecolors="k", lw=0.9,
                    label="lr at grid edge" if once else None)
+    capped = [s for s in sel if s.get("capped_while_improving")]
+    if capped:
+        once = "capped while improving" not in ax.get_legend_handles_labels()[1]
+        ax.scatter([s["n_train"] for s in capped], [s["test"] for s in capped], s=90,
+                   marker="x", color="k", lw=0.9,
+                   label="capped while improving" if once else None)
     if fit is not None:
         grid = np.geomspace(fit["n_min"], fit["n_max"], 100)
         text = f"{label} fit b={with_ci(fit['b'], fit['b_low'], fit['b_high'], '.2f')}"

@@ -37,9 +37,11 @@ def _atomic_csv(path, rows, fields):
     write_csv_atomic(path, rows, fields)
 
 
-SELECTED_FIELDS = ["model", "approach", "n_train", "lr", "n_lrs", "lr_at_edge", "n_seeds",
+SELECTED_FIELDS = ["model", "approach", "n_train", "lr", "n_lrs", "lr_at_edge",
+                   "capped_while_improving", "n_seeds",
                    "val", "test", "test_sd", "test_ci_low", "test_ci_high", "interval"]
-SEED_FIELDS = ["model", "approach", "n_train", "lr", "seed", "subset_hash", "val", "test"]
+SEED_FIELDS = ["model", "approach", "n_train", "lr", "seed", "subset_hash", "val", "test",
+               "capped_while_improving"]
 FIT_FIELDS = ["model", "approach", "form", "a", "a_low", "a_high", "b", "b_low", "b_high",
               "c", "c_low", "c_high", "floor_p", "dof", "rss", "n_points", "n_sizes",
               "n_seeds", "n_min", "n_max", "interval"]
@@ -110,6 +112,10 @@ def analyse(specs, out_dir, prefix="scaling", targets=(1e-2,), zero_shot=(), tit
     lines += [f"[{s['model']}] {s['approach']} n_train={s['n_train']}: chosen lr {s['lr']:g} is "
               f"at the {s['lr_at_edge']} edge of the {s['n_lrs']} lrs tried"
               for s in selected if s["lr_at_edge"] in ("low", "high")]
+    lines += [f"[{s['model']}] {s['approach']} n_train={s['n_train']}: "
+              f"{s['capped_while_improving']} of {s['n_seeds']} seed(s) ended at the step cap "
+              f"while still improving (budget-limited, not converged)"
+              for s in selected if s["capped_while_improving"]]
     for e in eff:
         text = f"[{e['model']}] finetune n={e['n_train']}: effective data transferred "
         if math.isinf(e["effective_data"]):
@@ -154,6 +160,8 @@ def main(argv=None):
         ci = (f" [{s['test_ci_low']:.4f}, {s['test_ci_high']:.4f}]"
               if math.isfinite(s["test_ci_low"]) else "")
         edge = f", {s['lr_at_edge']} edge" if s["lr_at_edge"] else ""
+        if s["capped_while_improving"]:
+            edge += f", capped {s['capped_while_improving']}/{s['n_seeds']}"
         print(f"{s['model']:>14s} {s['approach']:>9s} n_train={s['n_train']:<6d} "
               f"lr={s['lr']:.0e} (of {s['n_lrs']}{edge}) "
               f"seeds={s['n_seeds']} val={s['val']:.4f} test={s['test']:.4f}{ci}")

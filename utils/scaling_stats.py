@@ -18,6 +18,10 @@ What is computed, per panel (model) and approach (finetune / scratch):
   test errors never take part in the choice. A choice at the smallest or largest lr tried
   (or with a single lr) is flagged `lr_at_edge` = low / high / single: the grid may not
   contain the best lr there.
+* Budget-limited runs. A trial whose `capped_while_improving` column is true (train_summary
+  .json of utils/trainer.py: it ended at its step cap while its validation loss was still
+  improving) is counted per choice: `capped_while_improving` = how many of the chosen lr's
+  seeds were flagged (0 for tables without the column).
 * Mean test error over seeds at the chosen lr, with a 95% t-interval: mean +- t(0.975, k-1)
   * sd / sqrt(k) over the k seeds (sd with ddof=1). A t-interval, not a bootstrap: with the
   few seeds a study affords (k = 3) a bootstrap over seeds can only produce 10 distinct
@@ -68,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 VAL_COL, TEST_COL, N_COL, LR_COL, SEED_COL = (
     "best_val_rel_l2", "test_rel_l2_mean", "n_train", "lr", "seed")
+CAPPED_COL = "capped_while_improving"
 CONF = 0.95                      # confidence level of every interval
 FLOOR_P = 0.05                   # F-test level at which a floor c is kept
 CI_KIND = "95% t-interval over seeds"
@@ -129,7 +134,8 @@ def clean_rows(rows, panel_col="model"):
     Each output dict: model (str: the panel label, from `panel_col`, e.g. `model` for model
     sizes or `downstream` for distribution shifts), approach (str), n_train (int),
     lr (float), seed (str, '0' when the table has no seed column), subset_hash (str, '' if
-    absent), val (float), test (float), n_params (float, nan if unknown).
+    absent), val (float), test (float), n_params (float, nan if unknown), capped (bool: the
+    `capped_while_improving` column is True).
     """
     out = []
     for r in rows:
@@ -141,7 +147,8 @@ def clean_rows(rows, panel_col="model"):
         out.append({"model": _model_label(r, panel_col), "approach": r.get("approach") or "run",
                     "n_train": int(n), "lr": lr, "seed": _seed_label(r.get(SEED_COL)),
                     "subset_hash": r.get("subset_hash") or "", "val": val, "test": test,
-                    "n_params": _float(r.get("n_params"))})
+                    "n_params": _float(r.get("n_params")),
+                    "capped": str(r.get(CAPPED_COL, "")).strip().lower() in ("true", "1")})
     if not out:
         raise AnalysisError("no finished trial with n_train, lr, validation and test errors")
     return out
@@ -285,16 +292,18 @@ def select_on_validation(rows):
     extends its lr grid by). Test errors take no part in the choice.
     Returns (selected, seed_points), both sorted by model, approach, n_train:
     selected: dicts model, approach, n_train, lr, n_lrs, lr_at_edge ('' / 'low' / 'high' /
-    'single'), n_seeds, val (mean over seeds), test (mean), test_sd, test_ci_low,
+    'single'), capped_while_improving (how many of the chosen lr's seeds ended at their step
+    cap still improving), n_seeds, val (mean over seeds), test (mean), test_sd, test_ci_low,
     test_ci_high (nan with one seed);
-    seed_points: dicts model, approach, n_train, lr, seed, subset_hash, val, test (the
-    chosen lr's seeds).
+    seed_points: dicts model, approach, n_train, lr, seed, subset_hash, val, test,
+    capped_while_improving (the chosen lr's seeds).
     """
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    hashes, hash_of = defaultdict(set), {}
+    hashes, hash_of, capped = defaultdict(set), {}, defaultdict(bool)
     for r in rows:
         key = (r["model"], r["approach"], r["n_train"])
         groups[key][r["lr"]][r["seed"]].append((r["val"], r["test"]))
+        capped[key + (r["lr"], r["seed"])] |= r.get("capped", False)
         if r["subset_hash"]:
             hashes[key + (r["seed"],)].add(r["subset_hash"])
             hash_of[key + (r["lr"], r["seed"])] = r["subset_hash"]
@@ -313,11 +322,13 @@ def select_on_validation(rows):
         mean, sd, lo, hi = t_interval(tests)
         selected.append({"model": model, "approach": approach, "n_train": n, "lr": lr,
                          "n_lrs": choice["n_lrs"], "lr_at_edge": choice["edge"],
+                         CAPPED_COL: sum(capped[(model, approach, n, lr, s)] for s in seeds),
                          "n_seeds": len(seeds), "val": choice["mean"], "test": mean, "test_sd": sd,
                          "test_ci_low": lo, "test_ci_high": hi})
         points += [{"model": model, "approach": approach, "n_train": n, "lr": lr, "seed": s,
                     "subset_hash": hash_of.get((model, approach, n, lr, s), ""), "val": float(per_seed[lr][s][0]),
-                    "test": float(per_seed[lr][s][1])} for s in seeds]
+                    "test": float(per_seed[lr][s][1]),
+                    CAPPED_COL: capped[(model, approach, n, lr, s)]} for s in seeds]
     order = lambda s: (s["model"], s["approach"], s["n_train"])  # noqa: E731
     return (sorted(selected, key=order),
             sorted(points, key=lambda p: order(p) + (_seed_sort_key(p["seed"]),)))

@@ -84,7 +84,8 @@ ORPHAN_WAIT_S = 120   # how long a trial waits for a run directory another proce
 # columns of results.csv after the trial's settings (and before any --tag columns); a column
 # that is also a setting (n_train, seed) appears once, with the value the run reported
 RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
-                 "best_epoch", "epochs", "iters", "test_rel_l2_mean", "test_rel_l2_median",
+                 "best_epoch", "epochs", "iters", "stopped_early",
+                 "capped_while_improving", "test_rel_l2_mean", "test_rel_l2_median",
                  "n_test", "n_params")
 LR_KEY = "lr"
 REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate

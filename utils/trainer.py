@@ -19,6 +19,13 @@ gives every run at least S optimizer steps: the run trains `epochs_for_steps(max
 steps_per_epoch)` (utils/optim.py) epochs (more for a small training set) and the cosine schedule spans those
 epochs (unless `max_cosine_lr_epochs` is set).
 
+Converged training (study runs): `max_steps` > 0 makes the run's length a number of optimizer
+steps (the cap); `early_stop_patience: P` > 0 stops it at the validation check that is the
+P-th in a row without a relative improvement of `early_stop_min_delta` (`early_stop_update`);
+`scheduler: plateau` is warm-up + constant lr, multiplied by `lr_plateau_factor` after
+`lr_plateau_patience` checks without improvement (`PlateauSchedule`). train_summary.json
+records `stopped_early`, `stop_step`, `best_step`, `max_steps` and `capped_while_improving`.
+
 Cadence: validation (and with it the latest checkpoint) happens every `check_interval`
 optimizer steps = max(val_every_steps, steps per epoch), i.e. every epoch by default, and
 always after the last step. The lr schedule does not depend on it: the cosine steps at every
@@ -51,11 +58,11 @@ from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
                           TrainingDiverged, UserError)
 from utils.fileio import write_json_atomic, write_text_atomic, writing
 from utils.finetune import apply_finetune_mode, export_state_dict, has_adapters
-from utils.config_schema import RESUME_SAFE_KEYS, SCHEMA, config_differences, defaults
+from utils.config_schema import RESUME_SAFE_KEYS, SCHEMA, config_differences, defaults, param
 from utils.inferencer import autocast_context, evaluate, plot_examples
 from utils.loss_utils import TrainingLoss
-from utils.optim import (adapt_cosine_period, build_optimizer, build_scheduler,
-                         check_interval, epochs_for_steps)
+from utils.optim import (PlateauSchedule, adapt_cosine_period, build_optimizer,
+                         build_scheduler, check_interval, early_stop_update, epochs_for_steps)
 from utils.run_guard import DirLock
 from utils.run_layout import RunLayout
 
@@ -80,6 +87,14 @@ def _check_params(params):
     if min_steps is not None and (isinstance(min_steps, bool) or not isinstance(min_steps, int)
                                   or min_steps < 0):
         raise ConfigError(f"min_steps must be an integer >= 0 (0 or null: off), got {min_steps!r}")
+    if not float(params.early_stop_min_delta or 0) < 1:
+        raise ConfigError(f"early_stop_min_delta is a relative improvement and must be < 1, "
+                          f"got {params.early_stop_min_delta!r}")
+    if param(params, "scheduler") == "plateau" and not float(params.lr_plateau_factor) < 1:
+        raise ConfigError(f"lr_plateau_factor must be < 1, got {params.lr_plateau_factor!r}")
+    if params.warmup_steps and param(params, "scheduler") != "plateau":
+        raise ConfigError("warmup_steps is the warm-up of `scheduler: plateau`; set that "
+                          "scheduler or warmup_steps 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +145,11 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.max_epochs = epochs_for_steps(self.max_epochs, params.min_steps or 0,
                                            self.steps_per_epoch)
-        if self.max_epochs > int(params.max_epochs):
+        if params.max_steps:   # a budget in steps: the epochs it takes (the last one partial)
+            self.max_epochs = -(-int(params.max_steps) // self.steps_per_epoch)
+            logging.info("max_steps %d: %d epochs of %d steps", params.max_steps,
+                         self.max_epochs, self.steps_per_epoch)
+        elif self.max_epochs > int(params.max_epochs):
             logging.info("min_steps %d: %d epochs of %d steps instead of max_epochs %d",
                          params.min_steps, self.max_epochs, self.steps_per_epoch,
                          int(params.max_epochs))
@@ -146,9 +165,15 @@ class Trainer:
         self.scheduler = build_scheduler(params, self.optimizer, self.max_epochs)
 
         # cadence: a validation check every `check_every` steps and after the last one
-        self.total_steps = self.max_epochs * self.steps_per_epoch
+        self.total_steps = int(params.max_steps or self.max_epochs * self.steps_per_epoch)
         self.check_every = check_interval(params.val_every_steps, self.steps_per_epoch)
         self.ckpt_every_s = float(params.ckpt_every_s or 0)
+        # early stopping (patience 0: off; the rule's state is kept for the summary's flag)
+        self.patience = int(params.early_stop_patience or 0)
+        self.min_delta = float(params.early_stop_min_delta or 0)
+        self.stop_best, self.stop_bad_checks = math.inf, 0
+        self.val_checks = 0
+        self.stopped_early = False
 
         self.epoch = 0           # completed epochs
         self.iters = 0           # optimizer steps taken
@@ -212,8 +237,13 @@ class Trainer:
             epoch=self.epoch, iters=self.iters, step_in_epoch=self.step_in_epoch,
             partial=partial, best_val_loss=self.best_val_loss,
             best_val_rel_l2=self.best_val_rel_l2, best_epoch=self.best_epoch,
-            best_step=self.best_step, rng_state=get_rng_state(), world_size=self.world,
+            best_step=self.best_step, early_stop=self._early_stop_state(),
+            rng_state=get_rng_state(), world_size=self.world,
             config=self.params.to_dict(), model_info=self._model_info(at_check))
+
+    def _early_stop_state(self):
+        return dict(best=self.stop_best, bad_checks=self.stop_bad_checks,
+                    val_checks=self.val_checks, stopped=self.stopped_early)
 
     def _model_info(self, at_check=True):
         """model_info with the validation metrics of the weights being saved (none between
@@ -308,6 +338,11 @@ class Trainer:
         self.best_val_rel_l2 = float(ckpt["best_val_rel_l2"])
         self.best_epoch = int(ckpt.get("best_epoch", 0))
         self.best_step = int(ckpt.get("best_step", self.best_epoch * self.steps_per_epoch))
+        stop = ckpt.get("early_stop") or {}
+        self.stop_best = float(stop.get("best", math.inf))
+        self.stop_bad_checks = int(stop.get("bad_checks", 0))
+        self.val_checks = int(stop.get("val_checks", 0))
+        self.stopped_early = bool(stop.get("stopped", False))
         set_rng_state(ckpt["rng_state"])
         old_world = ckpt.get("world_size", self.world)
         if self.step_in_epoch and old_world != self.world:
@@ -415,7 +450,7 @@ class Trainer:
         self._interval_t0 = time.time()
 
     def _finished(self):
-        return self.iters >= self.total_steps
+        return self.iters >= self.total_steps or self.stopped_early
 
     def train_one_epoch(self, epoch, wandb_run=None):
         """Train epoch `epoch` (1-based) from its step `self.step_in_epoch` to its end, or to
@@ -442,6 +477,8 @@ class Trainer:
                 loss.backward()
                 if clip:
                     torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), float(clip))
+                if isinstance(self.scheduler, PlateauSchedule):   # per step (warm-up)
+                    self.scheduler.set_step(self.iters + 1)
                 self._step_lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.iters += 1
@@ -460,8 +497,8 @@ class Trainer:
                 self.step_in_epoch += 1
                 if self.step_in_epoch == self.steps_per_epoch:   # the epoch is complete
                     self.epoch, self.step_in_epoch = epoch, 0
-                    if self.scheduler is not None:   # the schedule is per epoch
-                        self.scheduler.step()
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+                        self.scheduler.step()   # the cosine is per epoch
                 self._train_seconds += time.time() - t0
                 if self.iters % self.check_every == 0 or self._finished():
                     self._check(wandb_run, force_latest=stop or ckpt_due)
@@ -524,6 +561,16 @@ class Trainer:
         if is_best:
             self.best_val_loss, self.best_val_rel_l2 = val_loss, val_rel
             self.best_epoch, self.best_step = epoch, self.iters
+        self.val_checks += 1
+        self.stop_best, self.stop_bad_checks = early_stop_update(
+            self.stop_best, self.stop_bad_checks, val_loss, self.min_delta)
+        if self.patience and self.stop_bad_checks >= self.patience:
+            self.stopped_early = True
+            logging.info("early stopping at step %d: %d checks without a %g relative "
+                         "improvement of the validation loss (best at step %d)", self.iters,
+                         self.stop_bad_checks, self.min_delta, self.best_step)
+        if isinstance(self.scheduler, PlateauSchedule):
+            self.scheduler.on_check(val_loss)
         total = self._allreduce_sum(self._interval_sums())
         train_loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
         samples = self._seen * self.world
@@ -544,6 +591,14 @@ class Trainer:
                          "  *best" if is_best else "")
             if wandb_run:
                 self._log_wandb(wandb_run, row, examples)
+
+    def _capped_while_improving(self):
+        """True when the step budget, not convergence, ended the run: it was not stopped early
+        and its validation loss improved (early_stop_update) within the last
+        max(early_stop_patience, 1) checks, i.e. with early stopping on the stopping rule had
+        not fired, and without it the last check was an improvement."""
+        return (not self.stopped_early and self.val_checks > 0
+                and self.stop_bad_checks < max(self.patience, 1))
 
     def fit(self):
         """Train to the end of the run. Returns the summary dict (also in train_summary.json),
@@ -568,7 +623,10 @@ class Trainer:
                            n_params=self.n_params, config=self.params.config_name,
                            global_batch_size=self.global_batch, world_size=self.world,
                            iters=self.iters, steps_per_epoch=self.steps_per_epoch,
-                           check_every_steps=self.check_every,
+                           check_every_steps=self.check_every, val_checks=self.val_checks,
+                           max_steps=self.total_steps, stop_step=self.iters,
+                           stopped_early=self.stopped_early,
+                           capped_while_improving=self._capped_while_improving(),
                            seed=int(self.params.seed or 0),
                            subset_hash=self._subset_hash(), run_dir=self.run_dir)
             self._on_root(lambda: write_json_atomic(self.layout.train_summary, summary),
