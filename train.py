@@ -6,11 +6,12 @@
 
 Writes {root_dir}/expts/{config}/{run_num}/ (see utils/trainer.py); an existing checkpoint of
 the run is resumed. `--eval_test` then evaluates the best checkpoint on the config's test split
-in the same process, as `eval.py --weights .../ckpt_best.tar` would (writes {run_dir}/eval/;
-one process per sweep trial instead of two: utils/sweeps.py). Exit status: 0 done or stopped
-by SIGTERM/SIGUSR1/SIGINT with a checkpoint, 1 diverged training (NaN/inf loss), 2 user error
-(one line on stderr), 3 a write failed (full disk, quota, I/O error; the previous files are
-intact).
+in the same process, as `eval.py --weights .../ckpt_best.tar` would (writes {run_dir}/eval/).
+Sweep trials run `train_and_evaluate` in long-lived worker processes (utils/sweep_workers.py),
+or one train.py process each (utils/sweeps.py --trial_mode process). Exit status: 0 done or
+stopped by SIGTERM/SIGUSR1/SIGINT with a checkpoint, 1 diverged training (NaN/inf loss), 2 user
+error (one line on stderr), 3 a write failed (full disk, quota, I/O error; the previous files
+are intact).
 """
 import argparse
 import logging
@@ -58,7 +59,10 @@ def run_training(params, args, run_dir=None):
 
     run_dir = run_dir or run_dir_of(args)
     trainer = Trainer(params, run_dir, run_name=f"{args.config}_{args.run_num}")
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()   # fit() releases the run directory; also if it never started
 
 
 def run_sweep_trial(params, args):
@@ -99,6 +103,28 @@ def evaluate_best(args):
     return run_eval(params, layout.best_ckpt, params.get("test_path"), layout.eval_dir)
 
 
+def train_and_evaluate(args):
+    """What `python train.py ARGS` does with parsed `args`, in this process: train (or run one
+    W&B agent trial with --sweep_id), then the --eval_test evaluation on rank 0. Returns the
+    summary dict of Trainer.fit (None for a --sweep_id trial). Errors raise (utils/errors.py);
+    the caller reports them. The sweep workers (utils/sweep_workers.py) call it per trial."""
+    import torch.distributed as dist
+
+    run_dir_of(args)   # plain names, before anything is read or written
+    if args.sweep_id:
+        from utils.run_guard import check_plain_name
+        check_plain_name(args.sweep_id, "--sweep_id")
+    params = load_params(args)
+    if args.sweep_id:
+        run_sweep_trial(params, args)
+        return None
+    summary = run_training(params, args)
+    if args.eval_test and not summary.get("stopped") and (
+            not dist.is_initialized() or dist.get_rank() == 0):
+        evaluate_best(args)
+    return summary
+
+
 @cli()
 def main(argv=None):
     configure_malloc()
@@ -106,18 +132,7 @@ def main(argv=None):
     import torch.distributed as dist
 
     try:
-        run_dir_of(args)   # plain names, before anything is read or written
-        if args.sweep_id:
-            from utils.run_guard import check_plain_name
-            check_plain_name(args.sweep_id, "--sweep_id")
-        params = load_params(args)
-        if args.sweep_id:
-            run_sweep_trial(params, args)
-        else:
-            summary = run_training(params, args)
-            if args.eval_test and not summary.get("stopped") and (
-                    not dist.is_initialized() or dist.get_rank() == 0):
-                evaluate_best(args)
+        train_and_evaluate(args)
         if dist.is_initialized():
             # every rank is done before the group is torn down: a rank that destroys it while
             # another is still in a gloo call can abort the process at exit
@@ -126,7 +141,6 @@ def main(argv=None):
         if dist.is_initialized():
             dist.destroy_process_group()
     logging.shutdown()
-
 
 if __name__ == "__main__":
     main()

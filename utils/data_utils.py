@@ -12,7 +12,8 @@ Speed: the DataLoader hands a whole batch of indices to ``PDEDataset.__getitems_
 the rows with one HDF5 selection (a slice when the rows are contiguous, as for validation and
 test) and normalises the batch with vectorised numpy; there is no per-sample Python loop. HDF5
 files are opened lazily in each process (fork-safe); ``in_memory: True`` reads the split into
-RAM once instead.
+RAM once instead (a sweep worker keeps whole split files in memory between its trials:
+``enable_split_cache``).
 
 Training subsets: ``subsample: k`` keeps every k-th sample, as published
 (N // k samples). ``n_train: n`` keeps a RANDOM subset of n samples instead: the first n entries
@@ -170,6 +171,81 @@ def subset_hash(rows):
 
 
 # --------------------------------------------------------------------------------------------
+# split cache of long-lived processes (sweep workers, utils/sweep_workers.py)
+# --------------------------------------------------------------------------------------------
+def file_identity(path):
+    """(absolute path, st_dev, st_ino, st_size, st_mtime_ns): a file rewritten in place or
+    replaced by a rename gets another identity."""
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _SplitInMemory:
+    """A split file's arrays in memory, read like `SplitFile.read` (fresh float32 copies)."""
+
+    def __init__(self, fields, tensor):
+        self.fields, self.tensor = fields, tensor
+        self.nbytes = fields.nbytes + tensor.nbytes
+
+    def read(self, sel):
+        return np.array(self.fields[sel]), np.array(self.tensor[sel])
+
+
+class SplitCache:
+    """Whole split files kept in memory by a process that builds many datasets in a row.
+
+    Only `in_memory` datasets use it: `split(path, sf)` returns the file's arrays (read once
+    with `sf`, an open SplitFile of `path`) behind SplitFile's `read(sel)`, so a dataset
+    built from the cache holds exactly the values it would read from the file. Entries are
+    keyed by `file_identity`: a file rewritten since it was read is read again. Least
+    recently used files are dropped beyond `max_bytes`; a larger file is not cached.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = int(max_bytes)
+        self._files = {}     # identity -> _SplitInMemory, oldest use first
+        self.hits = self.misses = 0
+
+    def split(self, path, sf):
+        key = file_identity(path)
+        hit = self._files.pop(key, None)
+        if hit is not None:
+            self._files[key] = hit   # now the most recent
+            self.hits += 1
+            return hit
+        self.misses += 1
+        h, w = sf.shape
+        size = sf.n_samples * (2 * h * w + sf.n_tensor) * 4
+        if size > self.max_bytes:
+            return sf
+        entry = _SplitInMemory(*sf.read(slice(None)))
+        if file_identity(path) != key:   # changed while it was read: use it once, keep nothing
+            return entry
+        entry.fields.flags.writeable = entry.tensor.flags.writeable = False
+        while self._files and sum(e.nbytes for e in self._files.values()) + entry.nbytes \
+                > self.max_bytes:
+            self._files.pop(next(iter(self._files)))
+        self._files[key] = entry
+        return entry
+
+
+_SPLIT_CACHE = []   # the process's SplitCache once `enable_split_cache` was called
+
+
+def enable_split_cache(max_bytes):
+    """Keep the split files that `in_memory` datasets read in this process's memory (at most
+    `max_bytes`); returns the SplitCache. Off by default: one training run reads each split
+    once anyway."""
+    _SPLIT_CACHE[:] = [SplitCache(max_bytes)]
+    return _SPLIT_CACHE[0]
+
+
+def _cached(path, sf):
+    """The cached arrays of split `path` if a cache is enabled, else the open file `sf`."""
+    return _SPLIT_CACHE[0].split(path, sf) if _SPLIT_CACHE else sf
+
+
+# --------------------------------------------------------------------------------------------
 # dataset
 # --------------------------------------------------------------------------------------------
 class PDEDataset(Dataset):
@@ -229,7 +305,7 @@ class PDEDataset(Dataset):
         self._pid = None
         self._mem = None
         if param(params, "in_memory"):
-            self._mem = self._read_rows(self.rows, sf)
+            self._mem = self._read_rows(self.rows, _cached(location, sf))
         how = (f"random subset of seed {param(params, 'seed')}, {self.subset_hash}"
                if train and param(params, "n_train") is not None
                else f"subsample {int(param(params, 'subsample')) if train else 1}")

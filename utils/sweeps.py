@@ -9,14 +9,18 @@ One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of runn
   final summary (the sweep metric `best_val_rel_l2`).
 * without a server: `python utils/sweeps.py --sweep ... --yaml_config ... --config ...
   --root_dir ...` expands the grid (or samples `random`/`bayes` trials offline with W&B's
-  open-source `sweeps` engine when installed) and runs each trial as a subprocess
-  `train.py --eval_test` (training, then the test evaluation of the best checkpoint in the
-  same process; `eval.py` runs only when a trial was trained without it). Layout, under
-  `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
+  open-source `sweeps` engine when installed) and runs each trial as `train.py --eval_test`
+  (training, then the test evaluation of the best checkpoint in the same process; the
+  evaluation alone when a trial was trained without it): by default in one of `--jobs`
+  long-lived worker processes that run trial after trial in-process
+  (`--trial_mode worker`, utils/sweep_workers.py), or as one subprocess per trial
+  (`--trial_mode process`: `train.py`, then `eval.py` if needed; also with `--launcher`).
+  Layout, under `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
 
       results.csv                       one row per trial: settings, n_train, errors
       trials.json                       the proposed trials (random/bayes only; for resume)
-      logs/{trial}.train.log, .eval.log subprocess output (appended on resume)
+      logs/{trial}.train.log, .eval.log trial output (appended on resume)
+      logs/workers.log                  the workers' output between trials
       expts/{config}/{trial}/           the trial's train.py run dir (train.py is called with
                                         --root_dir {sweep_dir} --run_num {trial}); the test
                                         evaluation writes eval/summary.json inside it
@@ -72,6 +76,7 @@ from utils.fileio import write_text_atomic  # noqa: E402
 from utils.lr_choice import choose_lr  # noqa: E402
 from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
+from utils.sweep_workers import WorkerPool  # noqa: E402
 from utils.YParams import load_yaml, read_yaml  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -89,6 +94,7 @@ RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_
                  "n_test", "n_params")
 LR_KEY = "lr"
 REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
+TRIAL_MODES = ("worker", "process")
 
 
 # ----------------------------------------------------------------------------- sweep files
@@ -330,6 +336,8 @@ class LocalSweep:
         launcher: command prefix for train.py (e.g. "torchrun --standalone --nproc_per_node=4").
         jobs: trials run at once (each gets cpu_count // jobs torch threads unless
             OMP_NUM_THREADS is set).
+        trial_mode: 'worker' (trials in `jobs` long-lived worker processes) or 'process'
+            (a train.py / eval.py subprocess per trial; always with a launcher).
         count: number of trials for random / bayes sweeps.
         extend_lr: grid sweeps: extend each group's lr grid by up to this many steps in each
             direction while its seed-averaged choice is at the grid's edge (module docstring).
@@ -340,7 +348,7 @@ class LocalSweep:
 
     def __init__(self, cfg, yaml_config, config, root_dir, sweep_name=None, sets=(),
                  tags=(), launcher="", jobs=1, count=None, python=sys.executable,
-                 repo_root=REPO_ROOT, extend_lr=0, trial_fn=None):
+                 repo_root=REPO_ROOT, extend_lr=0, trial_fn=None, trial_mode="worker"):
         self.cfg = cfg
         self.yaml_config = os.path.abspath(yaml_config)
         self.config = config
@@ -361,6 +369,12 @@ class LocalSweep:
         if self.jobs < 1:
             raise SweepError("--jobs must be >= 1")
         self.count = count
+        if trial_mode not in TRIAL_MODES:
+            raise SweepError(f"--trial_mode must be one of {TRIAL_MODES}, got {trial_mode!r}")
+        if trial_mode == "worker" and self.launcher:
+            logger.info("--launcher %s: one process per trial (--trial_mode process)", launcher)
+            trial_mode = "process"
+        self.trial_mode = trial_mode
         if cfg["method"] != "grid" and (count is None or count < 1):
             raise SweepError(f"method {cfg['method']} needs --count N (number of trials)")
         self.python = python
@@ -384,8 +398,10 @@ class LocalSweep:
         if clash:
             raise SweepError(f"--set {sorted(clash)} clashes with the sweep's own parameters")
         self._check_config()
-        self._lock = threading.Lock()
+        # reentrant: `stop` runs as a signal handler, maybe in the thread that holds it
+        self._lock = threading.RLock()
         self._children = set()   # running train.py / eval.py processes
+        self._workers = None     # the WorkerPool while `run` runs in worker mode
         self.stopped = None      # the signal that stopped the sweep
 
     # -- checks and layout
@@ -446,7 +462,8 @@ class LocalSweep:
         env.setdefault("WANDB_MODE", "disabled")
         return env
 
-    def _commands(self, name, settings):
+    def _arguments(self, name, settings):
+        """(train.py arguments of the trial, those of its evaluation alone)."""
         sets = []
         for s in self.sets + [f"{k}={yaml_text(v)}" for k, v in settings.items()]:
             sets += ["--set", s]
@@ -458,14 +475,29 @@ class LocalSweep:
         common = ["--yaml_config", self.yaml_config, "--config", self.config,
                   "--root_dir", self.sweep_dir, "--run_num", name]
         # --eval_test: the trial's test evaluation in the training process (saves starting a
-        # second one); eval.py below is the fallback when it did not happen (e.g. a trial
-        # trained by an earlier runner)
+        # second one); the evaluation alone is the fallback when it did not happen (e.g. a
+        # trial trained by an earlier runner)
+        return common + sets + ["--eval_test"], common + eval_sets
+
+    def _commands(self, name, settings):
+        """The subprocess commands of a trial: train.py --eval_test, eval.py."""
+        train_args, eval_args = self._arguments(name, settings)
         train = self.launcher + ([] if self.launcher else [self.python]) \
-            + [os.path.join(self.repo_root, "train.py")] + common + sets + ["--eval_test"]
-        ckpt = self.summary_paths(name)[1]
-        evalc = [self.python, os.path.join(self.repo_root, "eval.py")] + common \
-            + ["--weights", ckpt] + eval_sets
+            + [os.path.join(self.repo_root, "train.py")] + train_args
+        evalc = [self.python, os.path.join(self.repo_root, "eval.py")] + eval_args \
+            + ["--weights", self.summary_paths(name)[1]]
         return train, evalc
+
+    def _run_step(self, kind, name, settings):
+        """Train (`kind` 'train': train.py --eval_test) or only evaluate ('eval') trial
+        `name`, in a worker or a subprocess (`trial_mode`); output appended to
+        logs/{name}.{kind}.log. Returns the exit status (None: not started, stopping)."""
+        log = os.path.join(self.sweep_dir, "logs", f"{name}.{kind}.log")
+        if self.trial_mode == "process":
+            train, evalc = self._commands(name, settings)
+            return self._run_logged(train if kind == "train" else evalc, log)
+        train_args, eval_args = self._arguments(name, settings)
+        return self._workers.run(kind, train_args if kind == "train" else eval_args, log)
 
     def _run_logged(self, cmd, log_path):
         """Run `cmd` with output to `log_path`; returns its exit status (None: not started,
@@ -496,13 +528,16 @@ class LocalSweep:
         with self._lock:
             self.stopped = signum
             children = list(self._children)
-        logger.warning("sweep %s: signal %d, stopping %d running trial(s) (they checkpoint; "
-                       "rerun the same command to resume)", self.sweep_name, signum, len(children))
+            workers = self._workers
         for proc in children:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        n_workers = workers.signal_busy(signal.SIGTERM) if workers is not None else 0
+        logger.warning("sweep %s: signal %d, stopping %d running trial(s) (they checkpoint; "
+                       "rerun the same command to resume)", self.sweep_name, signum,
+                       len(children) + n_workers)
 
     def _wait_for_run_dir(self, name):
         """False if another process holds the trial's run directory for ORPHAN_WAIT_S: e.g.
@@ -522,8 +557,8 @@ class LocalSweep:
         """Train (unless already trained) then evaluate one trial; return True on success
         (None: stopped by a signal before it finished)."""
         train_summary, ckpt, _ = self.summary_paths(name)
-        train_cmd, eval_cmd = self._commands(name, settings)
         logs = os.path.join(self.sweep_dir, "logs")
+        t0 = time.monotonic()
         if not (os.path.isfile(train_summary) and os.path.isfile(ckpt)):
             if not self._wait_for_run_dir(name):
                 if self.stopped:
@@ -532,7 +567,7 @@ class LocalSweep:
                              name, self.run_dir(name))
                 return False
             logger.info("trial %s: training %s", name, settings)
-            rc = self._run_logged(train_cmd, os.path.join(logs, f"{name}.train.log"))
+            rc = self._run_step("train", name, settings)
             if self.stopped and not os.path.isfile(train_summary):
                 return None      # the trainer checkpointed; a rerun resumes it
             if rc != 0 or not os.path.isfile(ckpt) or not os.path.isfile(train_summary):
@@ -540,15 +575,17 @@ class LocalSweep:
                              os.path.join(logs, f"{name}.train.log"))
                 return False
             if self.is_done(name):
+                logger.info("trial %s: done in %.1f s", name, time.monotonic() - t0)
                 return True
         logger.info("trial %s: evaluating %s", name, ckpt)
-        rc = self._run_logged(eval_cmd, os.path.join(logs, f"{name}.eval.log"))
+        rc = self._run_step("eval", name, settings)
         if self.stopped and not self.is_done(name):
             return None
         if rc != 0 or not self.is_done(name):
-            logger.error("trial %s: eval.py failed (exit %d), see %s", name, rc,
+            logger.error("trial %s: eval.py failed (exit %s), see %s", name, rc,
                          os.path.join(logs, f"{name}.eval.log"))
             return False
+        logger.info("trial %s: done in %.1f s", name, time.monotonic() - t0)
         return True
 
     def trial_row(self, name, settings, failed=False):
@@ -656,10 +693,21 @@ class LocalSweep:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, self.stop)
         try:
+            if self.trial_mode == "worker":   # workers start when the first trial needs one
+                os.makedirs(os.path.join(self.sweep_dir, "logs"), exist_ok=True)
+                with self._lock:
+                    self._workers = WorkerPool(
+                        self.jobs, self.python, self.repo_root, self._cmd_env(),
+                        os.path.join(self.sweep_dir, "logs", "workers.log"),
+                        stopping=lambda: self.stopped is not None)
             return self._run()
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+            if self._workers is not None:
+                self._workers.close()   # idle workers exit; after a stop, once checkpointed
+                with self._lock:
+                    self._workers = None
 
     def _run(self):
         os.makedirs(os.path.join(self.sweep_dir, "logs"), exist_ok=True)
@@ -809,13 +857,17 @@ def main(argv=None):
                         "over seeds is the smallest/largest of an n's grid, add up to K more "
                         "lr values in that direction (grid spacing) and run them (default 0)")
     p.add_argument("--launcher", default="",
-                   help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4"')
+                   help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4" '
+                        '(one process per trial)')
+    p.add_argument("--trial_mode", choices=TRIAL_MODES, default="worker",
+                   help="worker: trials run one after another in --jobs long-lived processes "
+                        "(default); process: one train.py process per trial")
     args = p.parse_args(argv)
     cfg = override_values(load_sweep(args.sweep), args.values)
     sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
                        sweep_name=args.name, sets=args.sets, tags=args.tag,
                        launcher=args.launcher, jobs=args.jobs, count=args.count,
-                       extend_lr=args.extend_lr)
+                       extend_lr=args.extend_lr, trial_mode=args.trial_mode)
     path, failed = sweep.run()
     print(path)
     if sweep.stopped:
