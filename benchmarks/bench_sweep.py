@@ -13,9 +13,9 @@ Poisson (5, 10) set (1024 / 64 / 256 samples, seed 1), generated with run_gen_da
 
 Prints per mode the sweep's wall time, and per n_train (mean over seeds) the trial's wall
 time split into: steps (the training loop: optimizer steps and their batches, from
-metrics.jsonl), validation (the rest of each epoch), and the rest (process start-up, data,
-model, checkpoint writes, the test evaluation); `overhead` = wall - steps, also as a fraction
-of the wall. Then the ratio of the sweep wall times. The machine load (os.getloadavg) before
+metrics.jsonl), validation (the rest of each validation interval; the config validates every
+`val_every_steps: 32` steps), and the rest (process start-up, data, model, checkpoint writes,
+the test evaluation); `overhead` = wall - steps, also as a fraction of the wall. Then the ratio of the sweep wall times. The machine load (os.getloadavg) before
 and after each mode is printed too: on a shared machine the numbers move with it.
 """
 import argparse
@@ -53,20 +53,16 @@ def ensure_data(data_dir):
 
 
 def step_seconds(run_dir):
-    """(seconds in the training loop, seconds of the epochs) of a run, from metrics.jsonl
-    (samples of an epoch / its train_samples_per_s; epoch_time_s)."""
-    import yaml
-
-    with open(os.path.join(run_dir, "hyperparams.yaml")) as f:
-        hp = yaml.safe_load(f)
-    samples = hp["steps_per_epoch"] * hp["global_batch_size"]
-    steps = epochs = 0.0
+    """(seconds in the training loop, seconds of the validation intervals: training plus
+    validation) of a run, summed over the rows of its metrics.jsonl (train_time_s,
+    interval_time_s)."""
+    steps = intervals = 0.0
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
-            steps += samples / row["train_samples_per_s"]
-            epochs += row["epoch_time_s"]
-    return steps, epochs
+            steps += row["train_time_s"]
+            intervals += row["interval_time_s"]
+    return steps, intervals
 
 
 def run_mode(mode, root, sets, args):
@@ -95,9 +91,10 @@ def run_mode(mode, root, sets, args):
     trials = []
     for settings in sweeps.expand_grid(cfg):
         name = sweeps.trial_name(settings)
-        steps, epochs = step_seconds(sweep.run_dir(name))
+        steps, intervals = step_seconds(sweep.run_dir(name))
         trials.append(dict(name=name, n_train=settings["n_train"], wall_s=walls[name],
-                           steps_s=steps, val_s=epochs - steps, rest_s=walls[name] - epochs))
+                           steps_s=steps, val_s=intervals - steps,
+                           rest_s=walls[name] - intervals))
     return dict(mode=mode, wall_s=wall, load_before=load0, load_after=os.getloadavg()[0],
                 trials=trials)
 
