@@ -74,7 +74,7 @@ class ProcessState:
     def __init__(self):
         import torch
 
-        from utils.trainer import get_rng_state
+        from utils.distributed import get_rng_state
 
         self.rng = get_rng_state()
         self.threads = torch.get_num_threads()
@@ -92,7 +92,7 @@ class ProcessState:
         import torch
         import torch.distributed as dist
 
-        from utils.trainer import set_rng_state
+        from utils.distributed import set_rng_state
 
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
