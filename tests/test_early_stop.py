@@ -62,6 +62,11 @@ def test_early_stopping_stops_at_the_right_check(cfg, tmp_path):
     assert ck["iters"] == 8 and ck["early_stop"]["stopped"]
     best = torch.load(tmp_path / "run/checkpoints/ckpt_best.tar", weights_only=True)
     assert best["iters"] == 4
+    # the model card of the best weights: where they were taken and the run's budget and rule
+    card = json.load(open(tmp_path / "run/checkpoints/model_card.json"))
+    assert (card["metrics"]["step"], card["metrics"]["epoch"]) == (4, 4)
+    assert (card["training"]["early_stop_patience"], card["training"]["val_every_steps"],
+            card["training"]["max_epochs"]) == (2, 2, 40)
     again = make(cfg, tmp_path / "run", **over)
     crafted(again, [])          # a validation would raise StopIteration
     s2 = again.fit()
