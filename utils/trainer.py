@@ -59,14 +59,14 @@ from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
 from utils.fileio import write_json_atomic, write_text_atomic, writing
 from utils.finetune import apply_finetune_mode, export_state_dict, has_adapters
 from utils.config_schema import RESUME_SAFE_KEYS, SCHEMA, config_differences, defaults, param
-from utils.inferencer import autocast_context, evaluate, plot_examples
+from utils.inferencer import autocast_context, evaluate
 from utils.loss_utils import TrainingLoss
 from utils.optim import (PlateauSchedule, adapt_cosine_period, build_optimizer,
                          build_scheduler, check_interval, early_stop_update, epochs_for_steps)
 from utils.run_guard import DirLock
 from utils.run_layout import RunLayout
+from utils.wandb_log import init_run, log_check
 
-WANDB_INIT_TIMEOUT_S = 10   # seconds W&B may take to reach its server before going offline
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,7 +590,7 @@ class Trainer:
                          row["interval_time_s"], row["train_samples_per_s"],
                          "  *best" if is_best else "")
             if wandb_run:
-                self._log_wandb(wandb_run, row, examples)
+                log_check(wandb_run, row, examples)
 
     def _capped_while_improving(self):
         """True when the step budget, not convergence, ended the run: it was not stopped early
@@ -603,7 +603,10 @@ class Trainer:
     def fit(self):
         """Train to the end of the run. Returns the summary dict (also in train_summary.json),
         or dict(stopped=True, ...) after a SIGTERM/SIGUSR1 checkpoint."""
-        wandb_run = self._init_wandb()
+        wandb_run, own_run = None, False
+        if self.is_root and self.params.log_to_wandb:
+            wandb_run, own_run = init_run(self.params, self.run_dir, self.run_name,
+                                          self.layout.wandb_dir)
         self._install_signal_handlers()
         try:
             self._reset_interval()
@@ -634,49 +637,6 @@ class Trainer:
             return summary
         finally:
             self._restore_signal_handlers()
-            if wandb_run and self._own_wandb_run:
+            if wandb_run and own_run:
                 wandb_run.finish()
             self.close()
-
-    # ---------------------------------------------------------------- W&B
-    def _init_wandb(self):
-        if not (self.is_root and self.params.log_to_wandb):
-            return None
-        import wandb
-
-        if wandb.run is not None:  # inside a W&B sweep trial: log into the trial's run
-            self._own_wandb_run = False
-            return wandb.run
-        self._own_wandb_run = True
-        os.makedirs(self.layout.wandb_dir, exist_ok=True)
-        kw = dict(dir=self.run_dir, config=self.params.to_dict(), name=self.run_name,
-                  group=f"op_{self.params.config_name}", project=self.params.project,
-                  entity=self.params.entity, resume="allow")
-        # W&B waits 90 s for its server by default (and needs a key): a training run must
-        # not hang on it, nor die. Wait briefly, then log offline (`wandb sync` uploads later).
-        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
-        try:
-            return wandb.init(settings=wandb.Settings(init_timeout=timeout), **kw)
-        except Exception as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        try:
-            run = wandb.init(mode="offline", **kw)
-            logging.warning("W&B not reachable (%s): logging offline to %s", reason,
-                            self.layout.wandb_dir)
-            return run
-        except Exception as e:
-            logging.warning("W&B not reachable (%s) and offline logging failed (%s): training "
-                            "without W&B (metrics.jsonl has every epoch)", reason,
-                            (str(e).strip().splitlines() or [type(e).__name__])[0])
-            return None
-
-    def _log_wandb(self, run, row, examples):
-        logs = dict(row)
-        if examples is not None:
-            import matplotlib.pyplot as plt
-            import wandb
-
-            fig = plot_examples(*examples)
-            logs["vis"] = wandb.Image(fig)
-            plt.close(fig)
-        run.log(logs, step=row["epoch"])
