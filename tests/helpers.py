@@ -122,3 +122,21 @@ def train_tiny_poisson(tmp):
     cfg = tiny_config(tmp, data, max_epochs=2)
     Trainer(YParams(cfg, "tiny"), str(tmp / "res/expts/tiny/0")).fit()
     return data, cfg, str(tmp / "res/expts/tiny/0/checkpoints/ckpt_best.tar")
+
+
+STUDY_CODE = ("run_study.sh", "run_gen_data.sh", "train.py", "eval.py", "configs", "utils",
+              "models")
+
+
+def copy_study_code(dst):
+    """The code run_study.sh needs, copied into `dst` (its data and results stay there)."""
+    import shutil
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in STUDY_CODE:
+        src = os.path.join(repo, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dst, name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
+        else:
+            shutil.copy2(src, dst)

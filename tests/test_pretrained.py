@@ -116,13 +116,13 @@ def test_old_checkpoint_still_evaluates_finetunes_and_loads(run, tmp_path):
 
 
 def test_export_small_file_and_finetune_without_scales(run, tmp_path):
-    model_path, card_path = export_pretrained(run["weights"], str(tmp_path / "ship"))
+    model_path, card_path = export_pretrained(run["weights"], str(tmp_path / "ship"), fmt="pt")
     ckpt = torch.load(model_path, weights_only=True)   # no allowlist needed
     assert sorted(ckpt) == ["model_info", "model_state"]
     assert all(v.dtype == torch.float32 for v in ckpt["model_state"].values())
     assert json.load(open(card_path))["weights"] == "model.pt"
     with pytest.raises(Exception, match="exists"):
-        export_pretrained(run["weights"], str(tmp_path / "ship"))
+        export_pretrained(run["weights"], str(tmp_path / "ship"), fmt="pt")
     # a fine-tune config without scales_path normalises with the model's own scales
     params = YParams(run["cfg"], "tiny")
     params["scales_path"], params["pretrained"], params["max_epochs"] = None, model_path, 1
@@ -148,6 +148,56 @@ def _write_h5(path, fields, tensor, **attrs):
         f.create_dataset("tensor", data=tensor)
         f.attrs.update(attrs)
     return str(path)
+
+
+def test_export_safetensors_loads_predicts_and_finetunes(run, tmp_path, capsys):
+    """The default export is model.safetensors: a JSON header and raw tensors (no pickle), the
+    model_info in its metadata; load_pretrained, predict.py and fine-tuning take it and give
+    what the checkpoint gives."""
+    from safetensors import safe_open
+
+    ship = tmp_path / "ship"
+    run_cli(__import__("utils.pretrained", fromlist=["main"]).main,
+            ["export", run["weights"], str(ship)])
+    path = ship / "model.safetensors"
+    assert sorted(os.listdir(ship)) == ["model.safetensors", "model_card.json"]
+    raw = path.read_bytes()
+    header = int.from_bytes(raw[:8], "little")
+    assert raw[8:9] == b"{" and b"\x80\x02" not in raw[:8 + header]   # JSON, not a pickle
+    card = json.load(open(ship / "model_card.json"))
+    assert card["weights"] == "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+    assert json.loads(meta["model_info"]) == {k: v for k, v in card.items() if k != "weights"}
+    fields, tensor = read_split(run["data"]["test_path"])
+    from_ckpt = load_pretrained(run["weights"], device="cpu")
+    model = load_pretrained(str(path), device="cpu")
+    assert model.info["scales"] == from_ckpt.info["scales"]
+    np.testing.assert_array_equal(model.solve(fields[:, 0], tensor),
+                                  from_ckpt.solve(fields[:, 0], tensor))
+    # predict.py takes it
+    import predict
+
+    run_cli(predict.main, ["--weights", str(path), "--input", run["data"]["test_path"],
+                           "--out", str(tmp_path / "p.h5")])
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        np.testing.assert_array_equal(f["prediction"][:], model.solve(fields[:, 0], tensor))
+    # fine-tuning starts from it (weights and, without scales_path, its scales)
+    params = YParams(run["cfg"], "tiny")
+    params["scales_path"], params["pretrained"], params["max_epochs"] = None, str(path), 1
+    trainer = Trainer(params, str(tmp_path / "ft"))
+    assert params["scales"] == model.info["scales"]
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v, model.model.state_dict()[k])
+    # a truncated file: one line, exit 2
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(raw[:len(raw) // 2])
+    capsys.readouterr()
+    code, err = _predict(["--weights", str(bad), "--input", run["data"]["test_path"], "--out",
+                          str(tmp_path / "q.h5")], capsys)
+    assert code == 2 and re.fullmatch(r"error: .*bad\.safetensors is not a readable "
+                                      r"safetensors model .*\n", err), err
 
 
 def test_predict_cli_writes_predictions_and_error(run, tmp_path):

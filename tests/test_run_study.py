@@ -3,21 +3,9 @@ budgets), in a copy of the code so that its data and results stay in tmp_path; t
 same command again: everything is found finished, nothing is trained twice."""
 import csv
 import os
-import shutil
 import subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CODE = ("run_study.sh", "run_gen_data.sh", "train.py", "eval.py", "configs", "utils", "models")
-
-
-def _copy_code(dst):
-    for name in CODE:
-        src = os.path.join(REPO, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, os.path.join(dst, name),
-                            ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
-        else:
-            shutil.copy2(src, dst)
+from tests.helpers import copy_study_code
 
 
 def _run(src, env):
@@ -30,7 +18,7 @@ def _run(src, env):
 def test_study_driver_smoke_and_resume(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    _copy_code(src)
+    copy_study_code(src)
     root, out = tmp_path / "res", tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled", "STUDY": "sizes", "SIZES": "2:4",
            "PT_SIZES": "16 8 8", "DOWN_SIZES": "16 8 8", "SEEDS": "0", "N_TRAIN": "4",

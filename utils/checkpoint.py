@@ -2,8 +2,10 @@
 and written here.
 
 - Reading is data only: `safe_torch_load` is `torch.load(weights_only=True)` allowing tensors,
-  plain Python values and numeric numpy arrays; `read_checkpoint` adds one-line errors that
-  say what a file is instead (HDF5 data, not a torch file, a pickle that needs code).
+  plain Python values and numeric numpy arrays, and reads a `.safetensors` file (tensors and
+  a JSON header; the model_info is its metadata key `model_info`) by its suffix;
+  `read_checkpoint` adds one-line errors that say what a file is instead (HDF5 data, not a
+  torch file, a pickle that needs code).
 - The published layout (the study's SpectralConv2dV2: `sp_convs.i.weights1/weights2`
   (Cin, Cout, m1, m2, 2) multiplying the rows [:m1] and [-m1:] of rfft2, and a Conv1d
   `ws.i.weight` (Cout, Cin, 1)) is recognised by its names and converted by
@@ -43,8 +45,9 @@ only when it evaluates that run on its own test split (`record_test_result` has 
 under `evaluations[test file name]`, and under `metrics.test` when the test file comes from
 the training distribution (same PDE, coefficient range, grid and source parameters, see
 `same_distribution`). `export_pretrained` (python utils/pretrained.py export ...)
-writes a small shippable `model.pt` (float32 weights + model_info with the card's test
-metrics, no optimizer state) and its card.
+writes a small shippable `model.safetensors` (float32 weights, no pickle; the model_info with
+the card's test metrics is its metadata key `model_info`, JSON text) or, with `--format pt`,
+`model.pt` (weights + model_info), no optimizer state, and its card.
 
 Checkpoints written before model_info existed still load here when the training config they
 carry still points to the scales file and train file (their info is rebuilt from them); they
@@ -63,7 +66,7 @@ import numpy as np
 import torch
 
 from utils.errors import CheckpointError, FinetuneError, UserError
-from utils.fileio import torch_save_atomic, write_json_atomic
+from utils.fileio import atomic_path, torch_save_atomic, write_json_atomic
 from utils.run_layout import MODEL_CARD
 
 MODEL_INFO_VERSION = 1
@@ -95,14 +98,51 @@ def _numpy_array_globals():
         getattr(np.dtypes, f"{n}DType") for n in names if hasattr(np.dtypes, f"{n}DType")]
 
 
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_INFO_KEY = "model_info"   # metadata key holding the model_info as JSON text
+
+
+def load_safetensors(path, map_location="cpu"):
+    """A `.safetensors` file as a checkpoint dict: {'model_state': tensors} plus 'model_info'
+    (parsed from the JSON text of the metadata key SAFETENSORS_INFO_KEY) when the file has it.
+
+    The format is a JSON header and raw tensor bytes: loading it cannot run code. Read errors
+    propagate as safetensors raises them (callers make one-line errors of them).
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt", device=str(map_location)) as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata() or {}
+    ckpt = {"model_state": state}
+    if SAFETENSORS_INFO_KEY in meta:
+        ckpt["model_info"] = json.loads(meta[SAFETENSORS_INFO_KEY])
+    return ckpt
+
+
+def save_safetensors(state, info, path):
+    """Write float tensors `state` and the model_info `info` (metadata key
+    SAFETENSORS_INFO_KEY, JSON text) to `path` atomically. The bytes are built in memory (a
+    model's size) and written by Python, so the file gets the umask's permissions
+    (safetensors' own writer creates it 0600)."""
+    from safetensors.torch import save
+
+    blob = save(state, metadata={"format": "pt", SAFETENSORS_INFO_KEY: json.dumps(info)})
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(blob)
+
+
 def safe_torch_load(path, map_location="cpu"):
-    """torch.load that never runs code from the file (weights_only=True).
+    """torch.load that never runs code from the file (weights_only=True); a `.safetensors`
+    file is read with `load_safetensors` (no pickle at all).
 
     Accepts tensors, plain Python values (dicts, lists, tuples, numbers, strings) and numeric
     numpy arrays. Anything else (a pickled object, e.g. one whose __reduce__ calls os.system)
     raises pickle.UnpicklingError before it is built. Other read errors propagate as torch
     raises them (callers turn both into one-line errors with `describe_load_error`).
     """
+    if str(path).endswith(SAFETENSORS_SUFFIX):
+        return load_safetensors(path, map_location)
     with torch.serialization.safe_globals(_numpy_array_globals()):
         return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -117,9 +157,10 @@ def describe_load_error(e):
 
 
 def read_checkpoint(path):
-    """`safe_torch_load` (weights_only=True) of a checkpoint, with one-line
-    CheckpointErrors that say what the file is instead (HDF5 data, not a torch file, a pickle
-    that needs code: refused, never executed). Returns the loaded dict (on the CPU).
+    """`safe_torch_load` (weights_only=True) of a checkpoint, or of a `.safetensors` model
+    ({'model_state', 'model_info'}), with one-line CheckpointErrors that say what the file is
+    instead (HDF5 data, not a torch file, a pickle that needs code: refused, never executed).
+    Returns the loaded dict (on the CPU).
     """
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -127,7 +168,9 @@ def read_checkpoint(path):
         head = f.read(8)
     if head.startswith(b"\x89HDF"):
         raise CheckpointError(f"{path} is an HDF5 data file, not a checkpoint")
-    if not (zipfile.is_zipfile(path) or head.startswith(b"\x80")):  # torch.save: zip or pickle
+    safetensors = path.endswith(SAFETENSORS_SUFFIX)
+    # torch.save writes a zip (or, older, a pickle)
+    if not (safetensors or zipfile.is_zipfile(path) or head.startswith(b"\x80")):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save file)")
     try:
         obj = safe_torch_load(path)
@@ -137,7 +180,8 @@ def read_checkpoint(path):
         raise CheckpointError(f"{path} refused: loading it would unpickle {what} (only "
                               f"tensors and plain data are loaded, weights_only=True)") from None
     except Exception as e:  # torch raises several types for foreign or truncated files
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
+        what = "safetensors model" if safetensors else "PyTorch checkpoint"
+        raise CheckpointError(f"{path} is not a readable {what} ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:120]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint")

@@ -1,7 +1,7 @@
 """Pre-trained models for inference: `load_pretrained`, `PretrainedFNO.solve`, and export.
 
     from utils.pretrained import load_pretrained
-    model = load_pretrained("pretrained/poisson_k1_5/model.pt", device="cpu")
+    model = load_pretrained("pretrained/poisson_k1_5/model.pt", device="cpu")   # or .safetensors
     u = model.solve(f, coefficients)   # f (B, H, W) or (H, W); coefficients (B, k) or (k,)
 
 `solve` takes PHYSICAL inputs (the source on any grid the model supports, the coefficients in
@@ -134,12 +134,13 @@ class PretrainedFNO:
 
 
 def load_pretrained(path, device=None):
-    """Load a checkpoint or exported model (`model.pt`, `ckpt_best.tar`) for inference.
+    """Load an exported model (`model.safetensors`, `model.pt`) or a checkpoint
+    (`ckpt_best.tar`) for inference.
 
     device: None / 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', a torch.device.
     Returns a PretrainedFNO. Raises CheckpointError (one line) for a file that is not a usable
-    checkpoint. Loading is torch.load(weights_only=True): nothing but tensors and plain data
-    is unpickled.
+    checkpoint. Loading is safetensors or torch.load(weights_only=True): nothing but tensors
+    and plain data is unpickled.
     """
     from models.fno import FNO2d
 
@@ -158,12 +159,21 @@ def load_pretrained(path, device=None):
     return PretrainedFNO(model, info, device, path=os.path.abspath(path))
 
 
-def export_pretrained(weights, out_dir, overwrite=False):
-    """Write `out_dir/model.pt` (float32 weights + model_info, no optimizer state) and
-    `out_dir/model_card.json` from a checkpoint; the test metrics of the card beside the
-    checkpoint (eval.py) are folded in. Returns (model path, card path)."""
+EXPORT_FORMATS = {"safetensors": "model.safetensors", "pt": "model.pt"}
+
+
+def export_pretrained(weights, out_dir, overwrite=False, fmt="safetensors"):
+    """Write the shippable model of a checkpoint to `out_dir`: float32 weights, no optimizer
+    state, and `model_card.json`; the test metrics of the card beside the checkpoint
+    (eval.py) are folded in. fmt 'safetensors': `model.safetensors` (no pickle; the
+    model_info is also its metadata key 'model_info', JSON text, so the file is
+    self-contained); 'pt': `model.pt` (torch.save of model_state + model_info).
+    Returns (model path, card path)."""
+    from utils.checkpoint import save_safetensors
     from utils.fileio import torch_save_atomic
 
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     ckpt = read_checkpoint(weights)
     state = {k: v.detach().to(torch.float32).contiguous().clone()
              for k, v in model_state_of(ckpt, weights).items()}
@@ -177,26 +187,34 @@ def export_pretrained(weights, out_dir, overwrite=False):
             if old.get("evaluations"):
                 info["evaluations"] = old["evaluations"]
     os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, "model.pt")
+    name = EXPORT_FORMATS[fmt]
+    model_path = os.path.join(out_dir, name)
     card_path = os.path.join(out_dir, MODEL_CARD)
     for p in (model_path, card_path):
         if os.path.exists(p) and not overwrite:
             raise UserError(f"{p} exists (pass --overwrite to replace it)")
-    torch_save_atomic(dict(model_state=state, model_info=info), model_path)
-    write_card(card_path, info, "model.pt")
+    if fmt == "safetensors":
+        save_safetensors(state, info, model_path)
+    else:
+        torch_save_atomic(dict(model_state=state, model_info=info), model_path)
+    write_card(card_path, info, name)
     return model_path, card_path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Export a checkpoint as a small self-contained "
-                                            "model (model.pt + model_card.json).")
+                                            "model (model.safetensors + model_card.json).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export", help="checkpoint -> OUT_DIR/model.pt + model_card.json")
+    e = sub.add_parser("export", help="checkpoint -> OUT_DIR/model.safetensors (or model.pt) "
+                                      "+ model_card.json")
     e.add_argument("weights", help="checkpoint (e.g. .../checkpoints/ckpt_best.tar)")
     e.add_argument("out_dir")
+    e.add_argument("--format", choices=sorted(EXPORT_FORMATS), default="safetensors",
+                   help="safetensors (default: no pickle) or pt (torch.save)")
     e.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    model_path, card_path = export_pretrained(args.weights, args.out_dir, args.overwrite)
+    model_path, card_path = export_pretrained(args.weights, args.out_dir, args.overwrite,
+                                              args.format)
     size = os.path.getsize(model_path)
     logging.info("wrote %s (%.2f MB) and %s", model_path, size / 1e6, card_path)
 

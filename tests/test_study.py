@@ -1,0 +1,199 @@
+"""The study designs as data (utils/study_spec.py) and their driver (utils/study.py).
+
+- every question under every preset issues commands whose configs exist and whose data
+  paths are the files its own data step writes (a dry run: no training);
+- the override semantics of run_study.sh's variables and the two budgets of question 4;
+- the paper preset rehearsed: every question with PRESET=paper end to end at a tiny size
+  (32 x 32, 16 samples, 1 epoch of 2 steps, model 2:4), so that every config name, data path,
+  sweep file and analysis step of the paper-scale commands runs once on CPU.
+"""
+import csv
+import io
+import os
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import copy_study_code
+from utils.YParams import YParams
+from utils.errors import UserError
+from utils.h5io import dataset_path, scales_path
+from utils.study import Study, resolve
+from utils.study_spec import PRESETS, QUESTIONS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATH_KEYS = ("train_path", "val_path", "test_path", "scales_path")
+
+
+def dry_run(tmp_path, **overrides):
+    """The commands of one study (resolve + Study.run with dry_run), as lists of words."""
+    out = io.StringIO()
+    opt = resolve({"root": str(tmp_path / "root"), **overrides})
+    Study(opt, dry_run=True, out=out).run()
+    return [shlex.split(line) for line in out.getvalue().splitlines()]
+
+
+def arg(cmd, flag):
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+
+def generated_files(cmds):
+    """Every data file the run_gen_data.sh commands of a dry run write (names from h5io)."""
+    files = set()
+    for cmd in cmds:
+        if "run_gen_data.sh" not in cmd:
+            continue
+        env = dict(w.split("=", 1) for w in cmd if "=" in w and not w.startswith("-"))
+        data = env.get("DATA_DIR", "data/paper")     # run_gen_data.sh's paper preset folder
+        pde = env["PDES"]
+        lo, hi = map(float, env["POISSON_RANGES"].split(","))
+        files |= {dataset_path(data, pde, s, lo, hi) for s in ("train", "val", "test")}
+        files.add(scales_path(data, pde, lo, hi))
+    return files
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("study", sorted(QUESTIONS))
+def test_every_config_exists_and_reads_the_generated_data(study, preset, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.chdir(REPO)
+    cmds = dry_run(tmp_path, study=study, preset=preset, mixed_budgets="steps epochs")
+    files = generated_files(cmds)
+    files |= {arg(c, "--out") for c in cmds if "utils/mixed_data.py" in c}
+    assert files
+    configs = {(arg(c, "--yaml_config"), arg(c, "--config")) for c in cmds if "--config" in c}
+    assert configs
+    for yaml, name in sorted(configs):
+        params = YParams(yaml, name)                  # ConfigError if the name is not there
+        for key in PATH_KEYS:
+            paths = params[key] if isinstance(params[key], list) else [params[key]]
+            for p in paths:
+                assert os.path.relpath(p, REPO) in files, (name, key, p)
+    for cmd in cmds:
+        if "utils/sweeps.py" in cmd:
+            assert os.path.isfile(arg(cmd, "--sweep"))
+    assert "utils/scaling_plots.py" in cmds[-1]
+
+
+def test_overrides_follow_run_study_variables(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    opt = resolve({"study": "shifts", "seeds": "", "jobs": "", "n_train": ""})
+    assert (opt["seeds"], opt["jobs"], opt["n_train"]) == ("", "2", "")   # ${X-d} vs ${X:-d}
+    assert resolve({"study": ""})["study"] == "headline"
+    for bad, msg in [({"study": "q5"}, "STUDY must be"), ({"preset": "gpu"}, "PRESET must"),
+                     ({"mixed_budgets": "steps days"}, "MIXED_BUDGETS must"),
+                     ({"roots": "x"}, "unknown study override")]:
+        with pytest.raises(UserError, match=msg):
+            resolve(bad)
+    sweep = next(c for c in dry_run(tmp_path, study="sizes", sizes="2:4", seeds="")
+                 if "utils/sweeps.py" in c)
+    assert "seed=0,1,2" not in sweep and "n_train=8,32,64,128,512" in sweep
+
+
+def test_question_4_two_budgets(tmp_path, monkeypatch):
+    """Q4 as two entries: the mixed model at the steps of one single-PDE model (default,
+    today's runs) and at the single-PDE epochs over the union (3x the steps)."""
+    monkeypatch.chdir(REPO)
+
+    def mixed_training(cmds):
+        return {arg(c, "--run_num"): c[-1] for c in cmds
+                if "train.py" in c and arg(c, "--config") == "mixed-cpu32-pt"}
+
+    default = dry_run(tmp_path, study="mixed")
+    assert mixed_training(default) == {"m8w16": "max_epochs=8"}
+    both = dry_run(tmp_path, study="mixed", mixed_budgets="steps epochs")
+    assert mixed_training(both) == {"m8w16": "max_epochs=8", "m8w16_epochs": "max_epochs=24"}
+    names = [arg(c, "--name") for c in both if "utils/sweeps.py" in c]
+    assert "study_cpu_mixed_epochs_helm-o10_20_m8w16" in names
+    assert "study_cpu_mixed_helm-o10_20_m8w16" in names
+    plots = both[-1]
+    assert any(a.endswith("approach=finetune-mixed-epochs") for a in plots)
+    same_steps = [c for c in both[:-1] if not any(w in " ".join(c) for w in (
+        "m8w16_epochs", "mixed_epochs"))]
+    assert default[:-1] == same_steps
+
+
+def test_paper_preset_rehearsed_end_to_end(tmp_path):
+    """Every question with PRESET=paper: its configs, data paths (data/paper, written by
+    run_gen_data.sh's paper preset), the published sweep file (subsample grid) and every
+    analysis step, at a tiny size; questions share one results root as on a cluster. The
+    configs of the shifts not run here are checked by the dry run above. The Poisson
+    questions and physics run side by side (they share no run), then mixed (it reuses both)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    copy_study_code(src)
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PRESET": "paper",
+           # run_gen_data.sh's own variables: 32 x 32, 16/8/8 samples
+           "N": "32", "NTRAIN": "16", "NVAL": "8", "NTEST": "8", "WORKERS": "1",
+           "SIZE1": "2:4", "SUBSAMPLES": "2", "LRS": "1e-3", "MIXED_EPOCHS": "1",
+           "LOSSES": "mse", "OUT": str(out),
+           "EXTRA_SET": "max_epochs=1 batch_size=8 valid_batch_size=8 num_data_workers=0"}
+    script = str(src / "run_study.sh")
+
+    def chain(*studies):
+        """One process running the studies one after another (bash -e)."""
+        steps = "; ".join(f"{assign} STUDY={study} bash {script}" for study, assign in studies)
+        return subprocess.Popen(["bash", "-ec", steps], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    start = time.time()
+    chains = [chain(("headline", "SIZES=2:4"), ("shifts", "SHIFTS=10,20"),
+                    ("sizes", "SIZES='2:4 2:8'")), chain(("physics", ""))]
+    for c in chains:
+        log = c.communicate(timeout=1800)[0]
+        assert c.returncode == 0, log[-4000:]
+    last = chain(("mixed", ""))
+    log = last.communicate(timeout=1800)[0]
+    assert last.returncode == 0, log[-4000:]
+    print(f"paper rehearsal: {time.time() - start:.0f} s")
+    tags = {"poisson": ("k1_5", "k5_10", "k10_20"), "ad": ("adr0p2_1", "adr1_2"),
+            "helmholtz": ("o1_10", "o10_20")}
+    assert sorted(os.listdir(src / "data" / "paper")) == sorted(
+        [f"{pde}_{split}_{tag}.h5" for pde in tags for tag in tags[pde]
+         for split in ("train", "val", "test")] +
+        [f"{pde}_train_{tag}_scales.npy" for pde in tags for tag in tags[pde]] +
+        ["mixed_train_scales.npy"])
+
+    def selected(prefix):
+        with open(out / f"{prefix}_selected.csv") as f:
+            return {(r["model"], r["approach"]) for r in csv.DictReader(f)}
+
+    assert selected("study_paper") == {("K 5-10 m2w4", "finetune"), ("K 5-10 m2w4", "scratch")}
+    assert {m for m, _ in selected("study_paper_shifts")} == {"K 10-20"}
+    assert selected("study_paper_sizes") == {(m, a) for m in ("m2w4", "m2w8")
+                                            for a in ("finetune", "scratch")}
+    assert (out / "study_paper_sizes_vs_params.png").is_file()
+    assert {m for m, _ in selected("study_paper_physics")} == {"AD 1-2 mse",
+                                                               "Helmholtz 10-20 mse"}
+    assert {a for _, a in selected("study_paper_mixed")} == {"finetune", "scratch",
+                                                             "finetune-mixed"}
+    for prefix in ("study_paper", "study_paper_shifts", "study_paper_sizes",
+                   "study_paper_physics", "study_paper_mixed"):
+        assert (out / f"{prefix}_data_scaling.png").is_file()
+    # the published sweep file's subsample grid was used (subsample 2 of 16 examples)
+    sweep = src / "results" / "sweeps" / "study_paper_poisson_k10_20_m2w4_scratch"
+    assert os.listdir(sweep / "expts" / "poisson-scratch-k10_20") == ["lr1em3_s2"]
+
+
+def test_room_for_longer_n_ranges(tmp_path, monkeypatch):
+    """A question can carry its own n range and downstream split sizes (issue: n up to 4096);
+    a smaller train split already on disk is refused instead of silently capping n."""
+    import dataclasses
+
+    import utils.study_spec as spec
+    from tests.helpers import write_poisson_set
+
+    monkeypatch.chdir(tmp_path)          # data/study32 of this test only
+    long = dataclasses.replace(spec.QUESTIONS["sizes"], n_train={"cpu": "8,64,512,4096"},
+                               down_sizes={"cpu": "5120 64 256"})
+    monkeypatch.setitem(spec.QUESTIONS, "sizes", long)
+    cmds = dry_run(tmp_path, study="sizes", sizes="2:4")
+    down = next(c for c in cmds if "POISSON_RANGES=5,10" in c)
+    assert "NTRAIN=5120" in down
+    assert "n_train=8,64,512,4096" in next(c for c in cmds if "utils/sweeps.py" in c)
+    write_poisson_set(str(tmp_path / "data" / "study32"), n=16, sizes=(32, 8, 8), tag="k5_10")
+    with pytest.raises(UserError, match="has 32 samples but the design asks for 5120"):
+        dry_run(tmp_path, study="sizes", sizes="2:4")

@@ -1,0 +1,371 @@
+"""Run and analyse one question of the study (its design: utils/study_spec.py).
+
+    python utils/study.py --set study=shifts [--set preset=paper] [--set key=value ...]
+    python utils/study.py --env            # overrides from run_study.sh's variables (STUDY, ...)
+    python utils/study.py --set study=mixed --dry_run    # print the commands, run nothing
+
+Steps, each skipped when its output exists (rerun the same command after an interruption):
+data (run_gen_data.sh, per transfer the pre-training and the downstream range), pre-training
+(train.py) and its evaluation (eval.py), zero-shot evaluation on the downstream test set,
+the downstream sweeps fine-tuned and from scratch (utils/sweeps.py, which resumes trials
+itself), then the analysis (utils/scaling_plots.py: figure and tables in `out`). Run names
+depend on the pre-training config, the model size and the loss only, so questions sharing a
+root share runs. Paths are relative to the repository root (the driver works there, as
+run_study.sh does). `--dry_run` prints every command it would issue (the skips of finished
+steps included), one per line, with the environment of the data generator in front.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import replace
+
+if __name__ == "__main__":  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.errors import UserError  # noqa: E402
+from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
+from utils.run_layout import EVAL_SUMMARY, RunLayout, sweep_dir  # noqa: E402
+from utils.study_spec import (MIXED_BUDGETS, OVERRIDES, PDE_OF_FAMILY, PRESETS,  # noqa: E402
+                              QUESTIONS)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class StepFailed(Exception):
+    """A step's command exited non-zero (it reported why itself); its exit status ends the
+    study, as `set -e` did in the shell version."""
+
+    def __init__(self, cmd, code):
+        super().__init__(f"step failed with exit status {code}: {shlex.join(cmd)}")
+        self.code = code
+
+
+def resolve(overrides):
+    """Options of one study: the preset's values with `overrides` ({key: str}, keys of
+    OVERRIDES) applied. An empty value means "the default" for most keys (bash ${X:-d}); for
+    seeds, n_train and study_set it means "none" (${X-d}). Returns a dict of strings."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise UserError(f"unknown study override(s) {', '.join(unknown)} (known: "
+                        f"{', '.join(OVERRIDES)})")
+    given = {k: v for k, v in overrides.items() if v != "" or not OVERRIDES[k][1]}
+    study = given.get("study", "headline")
+    if study not in QUESTIONS:
+        raise UserError(f"STUDY must be headline, shifts, sizes, physics or mixed (got "
+                        f"'{study}')")
+    preset_name = given.get("preset", "cpu")
+    if preset_name not in PRESETS:
+        raise UserError(f"PRESET must be cpu or paper (got '{preset_name}')")
+    preset, question = PRESETS[preset_name], QUESTIONS[study]
+    opt = dict(python="python", analyse_only="0", extra_set="", launcher="", losses="",
+               prefix=preset.base + question.prefix, mixed_budgets="steps",
+               mixed_epochs=str(preset.mixed_epochs["steps"]), yaml="", pt="", ft="", sc="",
+               shifts=" ".join(t.downstream for t in question.transfers))
+    for key in ("root", "jobs", "sweep_file", "lrs", "seeds", "n_train", "subsamples",
+                "extend_lr", "study_set", "out", "size1"):
+        opt[key] = getattr(preset, key)
+    opt["n_train"] = question.n_train.get(preset_name, opt["n_train"])
+    opt["targets"] = preset.targets.get(study, preset.targets["default"])
+    opt["sizes"] = {"sizes": preset.sizes, "default": "default"}.get(question.sizes, "")
+    opt["pt_sizes"] = preset.pt_sizes or ""
+    opt["down_sizes"] = question.down_sizes.get(preset_name, preset.down_sizes or "")
+    opt["losses"] = " ".join(question.losses)
+    opt.update(given)
+    opt.update(study=study, preset=preset_name)
+    budgets = opt["mixed_budgets"].split()
+    if not budgets or set(budgets) - set(MIXED_BUDGETS):
+        raise UserError(f"MIXED_BUDGETS must be a list of {' '.join(MIXED_BUDGETS)} (got "
+                        f"'{opt['mixed_budgets']}')")
+    return opt
+
+
+def size_sets(size):
+    """'M:W' -> (--set pairs of mode_cut and embed_cut, name suffix '_mMwW');
+    'default' (the config's own size) -> ([], '')."""
+    if size == "default":
+        return [], ""
+    m, _, w = size.partition(":")
+    return ["--set", f"mode_cut={m}", "--set", f"embed_cut={w}"], f"_m{m}w{w}"
+
+
+def run_label(sfx, extra=""):
+    """Run name of a size suffix and a variant (loss, budget): '0' for the config's own size,
+    else 'mMwW[_extra]' (the names run_study.sh has always used)."""
+    label = (sfx[1:] if sfx.startswith("_") else sfx) + (f"_{extra}" if extra else "")
+    return label or "0"
+
+
+def name_suffix(run):
+    return "" if run == "0" else f"_{run}"
+
+
+class Study:
+    """One question under one preset; `run()` issues its commands in order."""
+
+    def __init__(self, opt, dry_run=False, out=sys.stdout):
+        self.opt, self.dry_run, self.out = opt, dry_run, out
+        self.preset = PRESETS[opt["preset"]]
+        self.question = QUESTIONS[opt["study"]]
+        self.python = opt["python"].split()
+        self.launch = (opt["launcher"] or opt["python"]).split()
+        self.analyse_only = opt["analyse_only"] == "1"
+        self.grid = self.question.grid[opt["preset"]]
+        self.data_dir = self.preset.data[self.grid]
+        self.csvs, self.zero_shot = [], []
+
+    # ---------------------------------------------------------------------------------- #
+    def call(self, cmd, env=None, skip_if=None):
+        """Run `cmd` (a list) unless `skip_if` (a path) exists; env: variables set for it."""
+        if skip_if is not None and os.path.exists(skip_if):
+            return
+        if self.dry_run:
+            prefix = [f"{k}={v}" for k, v in (env or {}).items()]
+            self.out.write(" ".join(prefix + [shlex.join(cmd)]) + "\n")
+            return
+        logging.info("study: %s", shlex.join(cmd))
+        code = subprocess.run(cmd, env={**os.environ, **(env or {})}).returncode
+        if code != 0:
+            raise StepFailed(cmd, code)
+
+    def sweep_args(self):
+        """utils/sweeps.py arguments shared by every downstream sweep of the study."""
+        o = self.opt
+        values = ["--values", f"lr={o['lrs']}"]
+        if o["n_train"]:
+            if self._sweep_file_has_subsample():
+                values += ["--values", "subsample="]   # n_train replaces it
+            values += ["--values", f"n_train={o['n_train']}"]
+        elif o["subsamples"]:
+            values += ["--values", f"subsample={o['subsamples']}"]
+        if o["seeds"]:
+            values += ["--values", f"seed={o['seeds']}"]
+        down = []   # downstream runs only: the study's budget first, so extra_set wins over it
+        for kv in o["study_set"].split() + o["extra_set"].split():
+            down += ["--set", kv]
+        args = ["--sweep", o["sweep_file"], "--root_dir", o["root"], *values,
+                "--extend_lr", o["extend_lr"] or "0", "--jobs", o["jobs"], *down]
+        return args + (["--launcher", o["launcher"]] if o["launcher"] else [])
+
+    def _sweep_file_has_subsample(self):
+        try:
+            with open(self.opt["sweep_file"]) as f:
+                return any(line.startswith("  subsample:") for line in f)
+        except OSError:
+            return False     # utils/sweeps.py says what is wrong with the file
+
+    # ---------------------------------------------------------------------------------- #
+    def gen(self, pde, rng, sizes, seed):
+        """run_gen_data.sh for one PDE range (skipped by it when the files exist)."""
+        if self.preset.gen_preset == "paper":
+            env = dict(PRESET="paper")
+        else:
+            ntrain, nval, ntest = sizes.split()
+            env = dict(PRESET=self.preset.gen_preset, DATA_DIR=self.data_dir, N=str(self.grid))
+        env.update(PDES=pde, POISSON_RANGES=rng, AD_RANGES=rng, HELM_RANGES=rng)
+        if self.preset.gen_preset != "paper":
+            env.update(NTRAIN=ntrain, NVAL=nval, NTEST=ntest, SEED=str(seed))
+            self.check_existing(pde, rng, ntrain)
+        env["PYTHON"] = self.opt["python"]
+        self.call(["bash", "run_gen_data.sh"], env=env)
+
+    def check_existing(self, pde, rng, ntrain):
+        """A train split already there with fewer samples than the design asks for (e.g. a
+        longer n range) is an error: run_gen_data.sh would keep it, and the sweeps would
+        silently cap n."""
+        lo, hi = rng.split(",")
+        train = dataset_path(self.data_dir, pde, "train", float(lo), float(hi))
+        if os.path.isfile(train):
+            have = split_info(train)["n_samples"]
+            if have < int(ntrain):
+                raise UserError(f"{train} has {have} samples but the design asks for {ntrain}: "
+                                f"generate the larger set into another data directory (and "
+                                f"point the configs there) or remove it")
+
+    def gen_transfer(self, t, done):
+        """The pre-training and downstream data of a transfer; `done`: the (pde, range)
+        already asked for by this study (a range is generated once)."""
+        pde = PDE_OF_FAMILY[t.family]
+        for rng, sizes, seed in ((t.pretrain, self.opt["pt_sizes"], self.preset.pt_seed),
+                                 (t.downstream, self.opt["down_sizes"], self.preset.down_seed)):
+            if (pde, rng) not in done:
+                done.add((pde, rng))
+                self.gen(pde, rng, sizes, seed)
+
+    def pretrain(self, yaml, cfg, run, sets):
+        """Train (skipped when finished) and evaluate a pre-training run; returns its weights."""
+        layout = RunLayout.of(self.opt["root"], cfg, run)
+        if not self.analyse_only:
+            common = ["--yaml_config", yaml, "--config", cfg, "--run_num", run,
+                      "--root_dir", self.opt["root"]]
+            extra = [a for kv in self.opt["extra_set"].split() for a in ("--set", kv)]
+            self.call(self.launch + ["train.py", *common, *extra, *sets],
+                      skip_if=layout.train_summary)
+            self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt, *sets],
+                      skip_if=layout.eval_summary)
+        return layout.best_ckpt
+
+    def zeroshot(self, yaml, cfg, name, panel, weights, sets):
+        """The pre-trained weights on `cfg`'s (downstream) test set."""
+        zs = f"{self.opt['root']}/zeroshot/{name}"
+        if not self.analyse_only:
+            self.call(self.python + ["eval.py", "--yaml_config", yaml, "--config", cfg,
+                                     "--run_num", "zeroshot", "--root_dir", self.opt["root"],
+                                     "--weights", weights, "--out_dir", zs, *sets],
+                      skip_if=os.path.join(zs, EVAL_SUMMARY))
+        self.zero_shot += ["--zero_shot", f"{panel}={zs}/{EVAL_SUMMARY}"]
+
+    def sweep(self, yaml, cfg, name, approach, panel, sets):
+        """One downstream sweep: one curve of one panel (utils/sweeps.py resumes its trials)."""
+        if not self.analyse_only:
+            self.call(self.python + ["utils/sweeps.py", *self.sweep_args(), "--yaml_config",
+                                     yaml, "--config", cfg, "--name", name, "--tag",
+                                     f"approach={approach}", *sets])
+        self.csvs.append(f"{sweep_dir(self.opt['root'], name)}/results.csv"
+                         f"@model={panel},approach={approach}")
+
+    def transfer(self, t, size, loss):
+        """Pre-training, zero-shot, fine-tuned and from-scratch sweeps of one transfer."""
+        o, configs = self.opt, self.preset.configs[t.family]
+        sz, sfx = size_sets(size)
+        lsfx = "" if loss == "mse" else f"_{loss}"
+        sets = sz + ([] if loss == "mse" else ["--set", f"loss_func={loss}"])
+        run = run_label(sfx, lsfx[1:])
+        lo, hi = t.downstream.split(",")
+        tag = range_tag(PDE_OF_FAMILY[t.family], float(lo), float(hi))
+        single = self.question.name == "headline"
+        yaml = (single and o["yaml"]) or configs["yaml"]
+        pt = (single and o["pt"]) or configs["pt"]
+        ft = (single and o["ft"]) or configs["ft"].format(tag=tag)
+        sc = (single and o["sc"]) or configs["sc"].format(tag=tag)
+        fmt = dict(base=self.preset.base, prefix=o["prefix"], tag=tag, sfx=sfx, lsfx=lsfx, loss=loss,
+                   size=sfx[1:], sized=f" {sfx[1:]}" if sfx else "",
+                   range=t.downstream.replace(",", "-"))
+        name, panel = t.stem.format(**fmt), t.panel.format(**fmt)
+        weights = self.pretrain(yaml, pt, run, sets)
+        self.zeroshot(yaml, ft, ft + name_suffix(run), panel, weights, sets)
+        self.sweep(yaml, ft, f"{name}_finetune", "finetune", panel,
+                   ["--set", f"pretrained={weights}", *sets])
+        self.sweep(yaml, sc, f"{name}_scratch", "scratch", panel, sets)
+
+    def mixed(self, size):
+        """The mixed model per budget, fine-tuned on each task of the question."""
+        o, cfg = self.opt, self.preset.configs["mixed"]
+        sz, sfx = size_sets(size)
+        for budget in o["mixed_budgets"].split():
+            epochs = o["mixed_epochs"] if budget == "steps" else str(
+                self.preset.mixed_epochs[budget])
+            run = run_label(sfx) if budget == "steps" else run_label(sfx, budget)
+            approach = "finetune-mixed" + ("" if budget == "steps" else f"-{budget}")
+            bsfx = "" if budget == "steps" else f"_{budget}"
+            weights = self.pretrain(cfg["yaml"], cfg["pt"], run,
+                                    sz + ["--set", f"max_epochs={epochs}"])
+            for task in self.question.mixed:
+                ft = cfg["ft"] + task.task
+                self.zeroshot(cfg["yaml"], ft, ft + name_suffix(run),
+                              f"{task.panel}|{approach}", weights, sz)
+                self.sweep(cfg["yaml"], ft, f"{self.preset.base}_mixed{bsfx}_{task.task}{sfx}",
+                           approach, task.panel, ["--set", f"pretrained={weights}", *sz])
+
+    def mixed_scales(self):
+        """Union scales of the three pre-training sets (utils/mixed_data.py)."""
+        out = os.path.join(self.data_dir, "mixed_train_scales.npy")
+        trains = []
+        for family in ("poisson", "ad", "helmholtz"):
+            t = next(t for t in self.question.transfers if t.family == family)
+            lo, hi = t.pretrain.split(",")
+            trains.append(dataset_path(self.data_dir, family, "train", float(lo), float(hi)))
+        self.call(self.python + ["utils/mixed_data.py", *trains, "--out", out], skip_if=out)
+
+    # ---------------------------------------------------------------------------------- #
+    def transfers(self):
+        """The question's transfers; SHIFTS replaces the downstream ranges of a shift design."""
+        q = self.question
+        if q.name not in ("headline", "shifts"):
+            return q.transfers
+        return tuple(replace(q.transfers[0], downstream=r) for r in self.opt["shifts"].split())
+
+    def sizes(self):
+        return self.opt["sizes"].split() if self.question.sizes != "size1" else [
+            self.opt["size1"]]
+
+    def run(self):
+        o, q = self.opt, self.question
+        transfers = self.transfers()
+        losses = o["losses"].split()
+        if q.name == "physics":          # before hours of runs
+            from utils.loss_utils import LOSS_FUNCS
+
+            for loss in losses:
+                if loss not in LOSS_FUNCS:
+                    raise UserError(f"loss_func '{loss}' is not one this code trains with "
+                                    f"(utils/loss_utils.py)")
+        else:
+            losses = ["mse"]
+        if not self.analyse_only:
+            done = set()
+            for t in self.data_order(transfers):
+                self.gen_transfer(t, done)
+            if q.mixed:
+                self.mixed_scales()
+        for size in self.sizes():
+            for loss in losses:
+                for t in transfers:
+                    self.transfer(t, size, loss)
+            if q.mixed:
+                self.mixed(size)
+        title = q.title
+        if q.mixed and "epochs" in o["mixed_budgets"].split():
+            title = title.replace("same size and steps", "same size; same steps and same epochs")
+        self.call(self.python + ["utils/scaling_plots.py", *self.csvs, *self.zero_shot,
+                                 *[a for t in o["targets"].split() for a in ("--target", t)],
+                                 "--out_dir", o["out"], "--prefix", o["prefix"],
+                                 "--title", f"{title} [{o['preset']}]"])
+
+    def data_order(self, transfers):
+        """Transfers in the order their data are generated: the other PDEs before Poisson
+        (the order run_study.sh has always used; files are independent of it)."""
+        return sorted(transfers, key=lambda t: PDE_OF_FAMILY[t.family] == "poisson")
+
+
+def overrides_from_env(environ=os.environ):
+    """{key: value} of the OVERRIDES variables set in the environment (set but empty counts:
+    resolve decides what empty means)."""
+    return {key: environ[var] for key, (var, _) in OVERRIDES.items() if var in environ}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run and analyse one question of the study "
+                                            "design (utils/study_spec.py).")
+    p.add_argument("--env", action="store_true",
+                   help="take overrides from run_study.sh's environment variables (STUDY, "
+                        "PRESET, ROOT, ...); --set wins over them")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override ({', '.join(OVERRIDES)})")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print the commands (one per line), run nothing")
+    args = p.parse_args(argv)
+    overrides = overrides_from_env() if args.env else {}
+    for item in args.sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        overrides[key.strip()] = value
+    opt = resolve(overrides)
+    os.chdir(REPO)
+    try:
+        Study(opt, dry_run=args.dry_run).run()
+    except StepFailed as e:
+        logging.error("%s", e)
+        return e.code
+    return 0
+
+
+if __name__ == "__main__":
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main))

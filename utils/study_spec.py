@@ -1,0 +1,217 @@
+"""The study designs as data: per preset its budgets and configs, per question its transfers.
+
+`utils/study.py` runs and analyses any question from these tables (`bash run_study.sh` is its
+thin entry). A question is a list of transfers (pre-training range -> downstream range of one
+PDE, each a panel of the figure), repeated over model sizes (`sizes`) and training losses
+(`losses`); the mixed question adds mixed-physics models fine-tuned on each of its
+transfers' downstream tasks. Nothing here runs anything; names are formatted by the driver.
+
+Preset fields (every one can be overridden: run_study.sh's environment variables, the
+driver's `--set key=value`; see `OVERRIDES`):
+
+    root            results root (runs, sweeps, zero-shot evaluations)
+    jobs            trials at once (utils/sweeps.py --jobs)
+    sweep_file      downstream sweep (W&B sweep format)
+    lrs             learning-rate grid (comma list) replacing the sweep file's
+    seeds           seeds (comma list; empty: the sweep file's)
+    n_train         downstream training-set sizes (comma list; replaces `subsample`)
+    subsamples      subsample factors (comma list; only without n_train)
+    extend_lr       lr-grid extension steps per direction (utils/sweeps.py --extend_lr)
+    study_set       key=value overrides of the downstream runs (their budget)
+    targets         {question or 'default': target errors of the examples-needed tables}
+    out, base       figure/table directory; the prefix of run and output names
+    data            {grid: data directory}; gen_preset, the run_gen_data.sh preset
+    pt_sizes, down_sizes   "train val test" samples of pre-training / downstream sets
+                    (None: run_gen_data.sh's own sizes); pt_seed, down_seed: generator seeds
+    size1           the one model size (mode_cut:embed_cut) of shifts, physics and mixed
+    sizes           model sizes of the sizes question
+    mixed_epochs    {mixed budget: epochs of the mixed pre-training} (MIXED_BUDGETS)
+    configs         {family: yaml, pt, ft, sc config names; `{tag}` = downstream range tag}
+
+Question fields: `transfers` (Transfer: PDE family key of `configs`, pre-training and
+downstream ranges, panel label, sweep-name stem), `sizes` ('size1', 'sizes' or 'default'),
+`losses`, `mixed` (MixedTask: the mixed model's fine-tuning configs), `title`, the name
+suffix of its outputs, its grid per preset, and `n_train` / `down_sizes` per preset when the
+question needs other downstream sizes than the preset (e.g. n up to 4096 with a larger
+downstream train split) - None: the preset's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+P = "configs/operators_poisson.yaml"
+A = "configs/operators_ad.yaml"
+H = "configs/operators_helmholtz.yaml"
+M = "configs/operators_mixed.yaml"
+
+PDE_OF_FAMILY = {"poisson": "poisson", "poisson64": "poisson", "ad": "ad",
+                 "helmholtz": "helmholtz"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    root: str
+    jobs: str
+    sweep_file: str
+    lrs: str
+    seeds: str
+    n_train: str
+    subsamples: str
+    extend_lr: str
+    study_set: str
+    targets: dict
+    out: str
+    base: str
+    data: dict
+    gen_preset: str
+    pt_sizes: str | None
+    down_sizes: str | None
+    pt_seed: int | None
+    down_seed: int | None
+    size1: str
+    sizes: str
+    mixed_epochs: dict
+    configs: dict
+
+
+@dataclass(frozen=True)
+class Transfer:
+    family: str          # key of Preset.configs (its PDE: PDE_OF_FAMILY)
+    pretrain: str        # "lo,hi" of the pre-training data
+    downstream: str      # "lo,hi" of the downstream data
+    panel: str           # figure panel label (template, see below)
+    stem: str            # sweep names: {stem}_finetune / {stem}_scratch (template)
+
+
+@dataclass(frozen=True)
+class MixedTask:
+    family: str          # the single-PDE transfer it is compared with
+    task: str            # config suffix: {mixed ft}{task}; sweep {base}_mixed{budget}_{task}
+    panel: str
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str
+    title: str
+    prefix: str                   # output names: {base}{prefix}
+    grid: dict                    # {preset: grid of the data}
+    transfers: tuple
+    sizes: str = "size1"          # 'size1' | 'sizes' | 'default' (the configs' own size)
+    losses: tuple = ("mse",)
+    mixed: tuple = ()
+    n_train: dict = field(default_factory=dict)     # {preset: comma list} (else the preset's)
+    down_sizes: dict = field(default_factory=dict)  # {preset: "train val test"}
+
+
+PRESETS = {
+    "cpu": Preset(
+        name="cpu", root="results/study", jobs="2", sweep_file="configs/sweep_seeds.yaml",
+        lrs="3e-4,1e-3,3e-3", seeds="0,1,2",
+        n_train="8,32,64,128,512",            # random nested subsets of 1024 examples
+        subsamples="", extend_lr="2", study_set="min_steps=100 max_epochs=8",
+        # AD and Helmholtz errors are larger
+        targets={"default": "0.1 0.07 0.05", "physics": "0.3 0.2 0.1", "mixed": "0.3 0.2 0.1"},
+        out="assets", base="study_cpu",
+        # 64x64 (headline) or 32x32 (shifts, sizes, physics, mixed); pre-training 2048/128/128
+        # (seed 0) and downstream 1024/64/256 samples (seed 1: independent sources); 64
+        # validation samples choose the lr, 256 test samples measure the error
+        data={64: "data/study", 32: "data/study32"}, gen_preset="demo",
+        pt_sizes="2048 128 128", down_sizes="1024 64 256", pt_seed=0, down_seed=1,
+        size1="8:16", sizes="4:8 4:16 8:16 8:32",
+        # single-PDE pre-training: 24 epochs; the mixed model sees 3x the samples, so 8 epochs
+        # are the same optimizer steps and 24 the same epochs (3x the steps)
+        mixed_epochs={"steps": 8, "epochs": 24},
+        configs={
+            "poisson64": dict(yaml=P, pt="poisson-cpu-pt-k1_5", ft="poisson-cpu-ft-{tag}",
+                              sc="poisson-cpu-scratch-{tag}"),
+            "poisson": dict(yaml=P, pt="poisson-cpu32-pt-k1_5", ft="poisson-cpu32-ft-{tag}",
+                            sc="poisson-cpu32-scratch-{tag}"),
+            "ad": dict(yaml=A, pt="ad-cpu32-pt-adr0p2_1", ft="ad-cpu32-ft-{tag}",
+                       sc="ad-cpu32-scratch-{tag}"),
+            "helmholtz": dict(yaml=H, pt="helm-cpu32-pt-o1_10", ft="helm-cpu32-ft-{tag}",
+                              sc="helm-cpu32-scratch-{tag}"),
+            "mixed": dict(yaml=M, pt="mixed-cpu32-pt", ft="mixed-cpu32-ft-"),
+        }),
+    "paper": Preset(
+        name="paper", root="results", jobs="1", sweep_file="configs/sweep_config.yaml",
+        lrs="1e-5,5e-5,1e-4,5e-4,1e-3", seeds="", n_train="",
+        subsamples="1,2,4,8,16,32,64,128,256,512,1024,2048,4096", extend_lr="",
+        study_set="", targets={"default": "0.01"}, out="assets", base="study_paper",
+        data={128: "data/paper"}, gen_preset="paper",
+        pt_sizes=None, down_sizes=None, pt_seed=None, down_seed=None,  # run_gen_data.sh's
+        size1="32:64",                                   # the published model (67M parameters)
+        sizes="4:16 8:32 16:64 32:128",
+        mixed_epochs={"steps": 167, "epochs": 500},      # ~ 500 / 3: the single-PDE steps
+        configs={
+            "poisson64": dict(yaml=P, pt="poisson-scale-k1_5", ft="poisson-ft-{tag}",
+                              sc="poisson-scratch-{tag}"),
+            "poisson": dict(yaml=P, pt="poisson-scale-k1_5", ft="poisson-ft-{tag}",
+                            sc="poisson-scratch-{tag}"),
+            "ad": dict(yaml=A, pt="ad-scale-adr0p2_1", ft="ad-ft-{tag}", sc="ad-scratch-{tag}"),
+            "helmholtz": dict(yaml=H, pt="helm-scale-o1_10", ft="helm-ft-{tag}",
+                              sc="helm-scratch-{tag}"),
+            "mixed": dict(yaml=M, pt="mixed-scale", ft="mixed-ft-"),
+        }),
+}
+
+# panel and stem are templates: {range} downstream "lo-hi", {tag} its range tag, {size}
+# "mMwW" ("" for the configs' own size), {sized} " mMwW" or "", {sfx} "_mMwW" or "", {loss},
+# {lsfx} "" for mse else "_loss", {base} / {prefix} the preset's base and the output prefix
+POISSON_5_10 = Transfer("poisson", "1,5", "5,10", "Poisson 5-10", "{base}_poisson_k5_10{sfx}")
+AD_1_2 = Transfer("ad", "0.2,1", "1,2", "AD 1-2 {loss}", "{base}_ad_adr1_2{sfx}{lsfx}")
+HELM_10_20 = Transfer("helmholtz", "1,10", "10,20", "Helmholtz 10-20 {loss}",
+                      "{base}_helm_o10_20{sfx}{lsfx}")
+
+QUESTIONS = {
+    # Poisson (1,5) -> (5,10) at 64x64 (cpu), the model size of the configs; SHIFTS / SIZES /
+    # YAML / PT / FT / SC run another single transfer
+    "headline": Question(
+        "headline", "Poisson (1,5) -> (5,10)", "", {"cpu": 64, "paper": 128},
+        (Transfer("poisson64", "1,5", "5,10", "K {range}{sized}", "{prefix}{sfx}"),),
+        sizes="default"),
+    # Q1 data scaling under shift, at the size size1 of Q3/Q4; its (5,10) transfer is the one
+    # of sizes and mixed (same run names)
+    "shifts": Question(
+        "shifts", "Poisson (1,5) -> shifted ranges", "_shifts", {"cpu": 32, "paper": 128},
+        tuple(Transfer("poisson", "1,5", r, "K {range}", "{base}_poisson_{tag}{sfx}")
+              for r in ("2.5,7.5", "5,10", "10,20"))),
+    # Q2 model scaling: one transfer per size
+    "sizes": Question(
+        "sizes", "Poisson (1,5) -> (5,10), model sizes", "_sizes", {"cpu": 32, "paper": 128},
+        (Transfer("poisson", "1,5", "5,10", "{size}", "{base}_poisson_k5_10{sfx}"),),
+        sizes="sizes"),
+    # Q3 other physics, each with every training loss (pre-training and both approaches)
+    "physics": Question(
+        "physics", "other physics: pre-trained -> shifted coefficients, two training losses",
+        "_physics", {"cpu": 32, "paper": 128}, (AD_1_2, HELM_10_20), losses=("mse", "rel_l2")),
+    # Q4 the three single-PDE transfers and the mixed model fine-tuned on each task
+    "mixed": Question(
+        "mixed", "mixed-physics vs single-PDE pre-training, same size and steps", "_mixed",
+        {"cpu": 32, "paper": 128}, (POISSON_5_10, AD_1_2, HELM_10_20),
+        mixed=(MixedTask("poisson", "poisson-k5_10", "Poisson 5-10"),
+               MixedTask("ad", "ad-adr1_2", "AD 1-2 mse"),
+               MixedTask("helmholtz", "helm-o10_20", "Helmholtz 10-20 mse"))),
+}
+
+# The mixed model's budgets (Q4): 'steps' = the optimizer steps of one single-PDE model
+# (approach finetune-mixed, today's runs), 'epochs' = the single-PDE epochs over the union
+# (3x the steps; approach finetune-mixed-epochs, runs and sweeps named ..._epochs).
+MIXED_BUDGETS = ("steps", "epochs")
+
+# overrides: name -> (environment variable of run_study.sh, "empty means default" (bash
+# ${X:-d}) or "empty means empty" (${X-d}))
+OVERRIDES = {
+    "study": ("STUDY", True), "preset": ("PRESET", True), "python": ("PYTHON", True),
+    "analyse_only": ("ANALYSE_ONLY", True), "root": ("ROOT", True), "jobs": ("JOBS", True),
+    "sweep_file": ("SWEEP_FILE", True), "lrs": ("LRS", True), "seeds": ("SEEDS", False),
+    "n_train": ("N_TRAIN", False), "subsamples": ("SUBSAMPLES", True),
+    "extend_lr": ("EXTEND_LR", True), "study_set": ("STUDY_SET", False),
+    "extra_set": ("EXTRA_SET", True), "targets": ("TARGETS", True), "out": ("OUT", True),
+    "prefix": ("PREFIX", True), "launcher": ("LAUNCHER", True), "shifts": ("SHIFTS", True),
+    "sizes": ("SIZES", True), "size1": ("SIZE1", True), "losses": ("LOSSES", True),
+    "mixed_epochs": ("MIXED_EPOCHS", True), "mixed_budgets": ("MIXED_BUDGETS", True),
+    "pt_sizes": ("PT_SIZES", True), "down_sizes": ("DOWN_SIZES", True),
+    "yaml": ("YAML", True), "pt": ("PT", True), "ft": ("FT", True), "sc": ("SC", True),
+}
