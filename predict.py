@@ -33,15 +33,18 @@ def build_parser():
 
 def check_compatible(model, path, pde_attr, k, grid):
     """One-line DataError when the file's PDE, coefficient count or grid does not fit."""
+    from utils import pdes
     from utils.errors import DataError
-    from utils.mixed_data import PDE_OF_WIDTH
 
-    # the file's `pde` attribute when it has one (generator files do), else its column count
-    pde = {"advdiff": "ad"}.get(pde_attr, pde_attr) if pde_attr else PDE_OF_WIDTH.get(k)
+    # the file's `pde` attribute (generator files have one), else its name prefix
+    try:
+        pde = pdes.of_file(path, pde_attr).name
+    except pdes.UnknownPDE as e:
+        raise DataError(str(e)) from None
     if pde not in model.info["coefficients"]:
         raise DataError(f"{model.path} is a {model.pde} model (input channels "
                         f"{model.info['channels']}) but {path} holds "
-                        f"{pde or 'unknown'} data with {k} coefficient columns")
+                        f"{pde} data with {k} coefficient columns")
     columns = model.info["coefficients"][pde]
     if k != len(columns):
         raise DataError(f"{path} has {k} coefficient columns but {pde} needs {len(columns)} "

@@ -6,9 +6,11 @@
 #
 # Every setting is an environment variable: PRESET, DATA_DIR, N, NG, NTRAIN, NVAL, NTEST,
 # WORKERS, SEED, CHUNK_SIZE, SPARSE (1 = sparse Gaussian sources, as published),
-# PDES (subset of "poisson ad helmholtz"), POISSON_RANGES, AD_RANGES, HELM_RANGES
-# (space-separated "lo,hi" pairs), OVERWRITE=1 (regenerate existing files).
-# Re-running is safe: complete datasets and existing scales are skipped.
+# PDES (default "poisson ad helmholtz"; any PDE of the registry utils/pdes.py, e.g.
+# PDES=darcy), and the ranges of each PDE as space-separated "lo,hi" pairs: POISSON_RANGES,
+# AD_RANGES, HELM_RANGES, DARCY_RANGES (`python -m utils.pdes ranges_env PDE` names the
+# variable; the preset's defaults come from the registry); OVERWRITE=1 (regenerate existing
+# files). Re-running is safe: complete datasets and existing scales are skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,17 +18,11 @@ PRESET=${PRESET:-demo}
 case "$PRESET" in
   demo)
     DATA_DIR=${DATA_DIR:-data/demo}; N=${N:-64}
-    NTRAIN=${NTRAIN:-1024}; NVAL=${NVAL:-128}; NTEST=${NTEST:-128}
-    POISSON_RANGES=${POISSON_RANGES:-"1,5"}
-    AD_RANGES=${AD_RANGES:-"0.2,1"}
-    HELM_RANGES=${HELM_RANGES:-"1,10"} ;;
+    NTRAIN=${NTRAIN:-1024}; NVAL=${NVAL:-128}; NTEST=${NTEST:-128} ;;
   paper)
+    # ranges: the pre-training range first, then the downstream (transfer) ranges
     DATA_DIR=${DATA_DIR:-data/paper}; N=${N:-128}
-    NTRAIN=${NTRAIN:-32768}; NVAL=${NVAL:-4096}; NTEST=${NTEST:-4096}
-    # pre-training range first, then the downstream (transfer) ranges
-    POISSON_RANGES=${POISSON_RANGES:-"1,5 1,2.5 2.5,7.5 5,10 10,20"}
-    AD_RANGES=${AD_RANGES:-"0.2,1 1,2"}
-    HELM_RANGES=${HELM_RANGES:-"1,10 10,20"} ;;
+    NTRAIN=${NTRAIN:-32768}; NVAL=${NVAL:-4096}; NTEST=${NTEST:-4096} ;;
   *) echo "error: PRESET must be demo or paper (got '$PRESET')" >&2; exit 2 ;;
 esac
 NG=${NG:-144}
@@ -35,20 +31,16 @@ SEED=${SEED:-0}
 CHUNK_SIZE=${CHUNK_SIZE:-128}
 SPARSE=${SPARSE:-1}
 OVERWRITE=${OVERWRITE:-0}
-PDES=${PDES:-"poisson ad helmholtz"}
 PYTHON=${PYTHON:-python}
+PDES=${PDES:-$($PYTHON -m utils.pdes names)}
 
 mkdir -p "$DATA_DIR"
 
 # gen_one PDE LO HI: the three splits of one range, then the train scales.
 gen_one() {
-  local pde=$1 lo=$2 hi=$3 script flags
-  case "$pde" in
-    poisson)   script=utils/gen_data_poisson.py;   flags="--e1 $lo --e2 $hi" ;;
-    ad)        script=utils/gen_data_advdiff.py;   flags="--adr1 $lo --adr2 $hi" ;;
-    helmholtz) script=utils/gen_data_helmholtz.py; flags="--o1 $lo --o2 $hi" ;;
-    *) echo "error: unknown PDE '$pde' in PDES (use poisson, ad, helmholtz)" >&2; exit 2 ;;
-  esac
+  local pde=$1 lo=$2 hi=$3 gen
+  # the generator script and its range flags come from the registry (utils/pdes.py)
+  gen=$($PYTHON -m utils.pdes gen_args "$pde" "$lo,$hi") || exit 2
   # File names come from the Python helpers (one definition of the naming scheme).
   local paths
   paths=$($PYTHON -c "import sys; sys.path.insert(0, '.')
@@ -70,9 +62,9 @@ print(*[dataset_path('$DATA_DIR', '$pde', s, $lo, $hi) for s in ('train', 'val',
   fi
   if [ "$OVERWRITE" = 1 ] || [ ! -e "$train" ]; then
     # shellcheck disable=SC2086
-    $PYTHON "$script" --ntrain "$NTRAIN" --nval "$NVAL" --ntest "$NTEST" --n "$N" --ng "$NG" \
+    $PYTHON $gen --ntrain "$NTRAIN" --nval "$NVAL" --ntest "$NTEST" --n "$N" --ng "$NG" \
       --datapath "$DATA_DIR" --seed "$SEED" --workers "$WORKERS" --chunk_size "$CHUNK_SIZE" \
-      $flags "${extra[@]}"
+      "${extra[@]}"
   fi
   if [ "$OVERWRITE" = 1 ] || [ ! -e "$scales" ]; then
     $PYTHON utils/get_scale.py "$train" --out "$scales" --overwrite
@@ -80,12 +72,9 @@ print(*[dataset_path('$DATA_DIR', '$pde', s, $lo, $hi) for s in ('train', 'val',
 }
 
 for pde in $PDES; do
-  case "$pde" in
-    poisson) ranges=$POISSON_RANGES ;;
-    ad) ranges=$AD_RANGES ;;
-    helmholtz) ranges=$HELM_RANGES ;;
-    *) echo "error: unknown PDE '$pde' in PDES (use poisson, ad, helmholtz)" >&2; exit 2 ;;
-  esac
+  pde=$($PYTHON -m utils.pdes name "$pde") || exit 2
+  var=$($PYTHON -m utils.pdes ranges_env "$pde")
+  ranges=${!var:-$($PYTHON -m utils.pdes ranges "$pde" "$PRESET")}
   for r in $ranges; do
     gen_one "$pde" "${r%,*}" "${r#*,}"
   done

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from utils import gen_common, sampling, spectral
+from utils import gen_common, gen_pool, gen_recipes, sampling, spectral
 from utils.h5io import DataError, dataset_path, scales_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,9 +69,9 @@ def test_files_shapes_dtypes_attrs_and_names(datasets, pde):
         assert attrs["n"] == N_GRID and attrs["ng"] == 144 and attrs["sparse"]
         assert attrs["sigma"] == 1 / 32 and attrs["seed"] == 0 and attrs["num_samples"] == N
         assert list(attrs["coef_range"]) == [lo, hi]
-        assert attrs["generator_version"] == gen_common.GENERATOR_VERSION
-        assert 0 < attrs["max_residual"] <= gen_common.RESIDUAL_TOL
-        assert attrs["residual_checked"] >= N // gen_common.RESIDUAL_STRIDE
+        assert attrs["generator_version"] == gen_pool.GENERATOR_VERSION
+        assert 0 < attrs["max_residual"] <= gen_pool.RESIDUAL_TOL
+        assert attrs["residual_checked"] >= N // gen_pool.RESIDUAL_STRIDE
     assert os.path.basename(paths["val"]) == {"poisson": "poisson_val_k1_5.h5",
                                               "ad": "ad_val_adr0p2_1.h5",
                                               "helmholtz": "helmholtz_val_o1_10.h5"}[pde]
@@ -155,7 +155,7 @@ def test_ad_coefficients_and_achieved_ratio(datasets):
 
 
 def test_helmholtz_coefficients_and_rejection(datasets, tmp_path, monkeypatch):
-    monkeypatch.setattr(gen_common, "HELMHOLTZ_MAX_ATTEMPTS", 50)
+    monkeypatch.setattr(gen_recipes, "HELMHOLTZ_MAX_ATTEMPTS", 50)
     (tmp_path / "x").mkdir()
     data, attrs, _ = load(datasets["helmholtz"]["train"])
     t = data["tensor"]
@@ -256,8 +256,8 @@ def test_failure_mid_run_leaves_no_file(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise DataError("boom")
         return real(*args)
-    real = gen_common.generate_chunk
-    monkeypatch.setattr(gen_common, "generate_chunk", failing)
+    real = gen_pool.generate_chunk
+    monkeypatch.setattr(gen_pool, "generate_chunk", failing)
     with pytest.raises(DataError, match="boom"):
         generate(tmp_path, "poisson", ntrain=64)
     assert os.listdir(tmp_path) == []                   # no final file, no temporary left
@@ -266,7 +266,7 @@ def test_failure_mid_run_leaves_no_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name,msg", [("RESIDUAL_TOL", "residual"),
                                       ("FLOAT32_TOL", "float32 solution deviates")])
 def test_checks_stop_the_run(tmp_path, monkeypatch, name, msg):
-    monkeypatch.setattr(gen_common, name, 1e-16)      # a solution this exact cannot exist
+    monkeypatch.setattr(gen_pool, name, 1e-16)      # a solution this exact cannot exist
     with pytest.raises(DataError, match=msg):
         generate(tmp_path, "poisson", ntrain=32, nval=32, ntest=32)
     assert os.listdir(tmp_path) == []

@@ -112,7 +112,7 @@ def test_layout_errors(tiny_files, tmp_path):
     with pytest.raises(DataError, match="channel_layout must be"):
         get_data_loader(_P(dict(base, channel_layout="seven")), poisson, False, False)
     bad = _write(tmp_path / "x.h5", "poisson", np.zeros((2, 2, N, N)), np.zeros((2, 4)))
-    with pytest.raises(DataError, match="4 coefficient columns match no PDE"):
+    with pytest.raises(DataError, match=r"a poisson file needs 3 coefficient columns \['K11', 'K22', 'K12'\], found 4"):
         get_data_loader(_P(dict(base, in_dim=7, channel_layout="mixed")), bad, False, False)
 
 

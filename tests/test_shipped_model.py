@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from utils.YParams import REPO_ROOT
-from utils.gen_common import GenConfig, generate_split
+from utils.gen_pool import generate_split
+from utils.gen_recipes import GenConfig
 from utils.pretrained import load_pretrained
 
 SHIPPED = sorted(os.path.dirname(p) for p in glob.glob(

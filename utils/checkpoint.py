@@ -65,17 +65,12 @@ import zipfile
 import numpy as np
 import torch
 
+from utils import pdes
 from utils.errors import CheckpointError, FinetuneError, UserError
 from utils.fileio import atomic_path, torch_save_atomic, write_json_atomic
 from utils.run_layout import MODEL_CARD
 
 MODEL_INFO_VERSION = 1
-# HDF5 `tensor` columns of each PDE (DESIGN.md section 4); the model input is [f, columns..]
-COEFFICIENTS = {
-    "poisson": ["K11", "K22", "K12"],
-    "ad": ["K11", "K22", "K12", "v1", "v2"],
-    "helmholtz": ["t0", "omega"],
-}
 # root attributes that describe the distribution of a data file (compared by same_distribution)
 DISTRIBUTION_KEYS = ("pde", "coef_range", "n", "ng", "sigma", "sparse", "Lx", "Ly")
 _REQUIRED = ("version", "architecture", "pde", "channel_layout", "channels", "coefficients",
@@ -413,14 +408,14 @@ def build_model_info(params, metrics=None, n_params=None):
     train = _get(params, "train_path")
     paths = resolve_paths(train) if isinstance(train, (list, tuple)) else [train]
     files = [describe_data_file(p) for p in paths]
-    pdes = [d["pde"] for d in files]
+    file_pdes = [d["pde"] for d in files]
     if layout == "mixed":
         from utils.mixed_data import MIXED_CHANNELS
 
         pde, channels = "mixed", list(MIXED_CHANNELS)
     else:
-        pde = pdes[0]
-        channels = ["f"] + COEFFICIENTS[pde]
+        pde = file_pdes[0]
+        channels = ["f"] + list(pdes.get(pde).input_channels)
     if len(channels) != arch["in_dim"]:
         raise CheckpointError(f"{layout} layout of {pde} data gives {len(channels)} input "
                               f"channels {channels} but the model has in_dim {arch['in_dim']}")
@@ -444,9 +439,10 @@ def build_model_info(params, metrics=None, n_params=None):
         version=MODEL_INFO_VERSION,
         architecture=plain(arch),
         n_params=int(n_params if n_params is not None else count_parameters(arch)),
-        pde=pde, pdes=sorted(set(pdes), key=pdes.index), channel_layout=layout,
+        pde=pde, pdes=sorted(set(file_pdes), key=file_pdes.index), channel_layout=layout,
         channels=channels,
-        coefficients={p: list(COEFFICIENTS[p]) for p in sorted(set(pdes), key=pdes.index)},
+        coefficients={p: list(pdes.get(p).input_channels)
+                      for p in sorted(set(file_pdes), key=file_pdes.index)},
         scales=[float(s) for s in scales],
         grid=list(files[0]["grid"]),
         data=files,

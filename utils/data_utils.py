@@ -94,7 +94,8 @@ def normalize_inputs(source, tensor, scales, measure, ref_measure=None):
 
     Args:
         source: (B, H, W) source f on the grid.
-        tensor: (B, k) coefficients t.
+        tensor: (B, k) coefficients t (broadcast over the grid), or (B, k, H, W) coefficient
+            fields (a PDE whose registry input layout is 'coef_field', e.g. Darcy's a(x)).
         scales: (k + 4,) [source_scale, tensor_scale_0.., sol_scale, Lx, Ly], zeros read as 1.
         measure: cell area (Lx/W) * (Ly/H) of this grid.
         ref_measure: cell area of the grid the scales were computed on (the training grid);
@@ -114,8 +115,10 @@ def normalize_inputs(source, tensor, scales, measure, ref_measure=None):
     s = np.where(s > 0, s, 1.0)  # an all-zero source has nothing to normalise
     x = np.empty((b, 1 + k, h, w), dtype=np.float32)
     np.multiply(source, (1.0 / s).astype(np.float32)[:, None, None], out=x[:, 0])
-    coef = (tensor / s[:, None] / scales[1:1 + k]).astype(np.float32)
-    x[:, 1:] = coef[:, :, None, None]
+    if tensor.ndim == 2:    # constant channels: the same division, broadcast over the grid
+        x[:, 1:] = (tensor / s[:, None] / scales[1:1 + k]).astype(np.float32)[:, :, None, None]
+    else:                   # coefficient fields
+        x[:, 1:] = tensor / s[:, None, None, None] / scales[1:1 + k, None, None]
     return x
 
 
@@ -273,11 +276,12 @@ class PDEDataset(Dataset):
         self.n_total = sf.n_samples
         self.img_shape = sf.shape  # (H, W) = (ny, nx)
         self.n_tensor = sf.n_tensor
-        # channel_layout 'mixed': coefficients in the 7-channel layout of the three PDEs
-        # (DESIGN.md section 5, utils/mixed_data.py); 'native': the file's own columns
+        # channel_layout 'mixed': coefficients in the 7-channel layout of the scalar-coefficient
+        # PDEs (DESIGN.md section 5, utils/mixed_data.py); 'native': the file's own inputs,
+        # its `tensor` columns or its `coef_field` channels (the registry's input layout)
         self.layout = param(params, "channel_layout")
         self._coef = _coefficient_map(self.layout, location, self.n_tensor, sf.pde)
-        self.n_coef = self._coef.n_out if self._coef else self.n_tensor
+        self.n_coef = self._coef.n_out if self._coef else sf.n_inputs
         self.in_channels = 1 + self.n_coef
         in_dim = param(params, "in_dim")
         if in_dim is not None and int(in_dim) != self.in_channels:
@@ -330,8 +334,9 @@ class PDEDataset(Dataset):
         return state
 
     def _read_rows(self, rows, split=None):
-        """Raw (source (B,H,W), solution (B,1,H,W), tensor (B,k)) float32 for file rows `rows`
-        (read from `split`, an open SplitFile, default this process's handle)."""
+        """Raw (source (B,H,W), solution (B,1,H,W), coefficient inputs (B,k) or (B,k,H,W))
+        float32 for file rows `rows` (read from `split`, an open SplitFile, default this
+        process's handle)."""
         rows = np.asarray(rows, dtype=np.int64)
         split = split or self._split()
         order = np.argsort(rows, kind="stable")
@@ -343,7 +348,7 @@ class PDEDataset(Dataset):
             sel = slice(int(srt[0]), int(srt[-1]) + 1, step)  # contiguous / strided: one slice
         else:
             sel = srt  # h5py point selection needs increasing indices
-        fields, tensor = split.read(sel)
+        fields, tensor = split.read_inputs(sel)
         if not np.all(order == np.arange(len(order))):
             inv = np.empty_like(order)
             inv[order] = np.arange(len(order))

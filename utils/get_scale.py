@@ -3,7 +3,9 @@
 
     scales = [source_scale, tensor_scale_0 .. tensor_scale_{k-1}, sol_scale, Lx, Ly]
     source_scale   = median_i ||f_i||_2 * (Lx / n) * (Ly / n)
-    tensor_scale_j = median_i |t_ij|
+    tensor_scale_j = median_i |t_ij|        (the model's coefficient inputs: the `tensor`
+                                             columns, or for a PDE whose input is a field
+                                             `coef_field`, median_i mean_x |c_ij(x)|)
     sol_scale      = median_i max |u_i|
 
 Usage: python utils/get_scale.py data/demo/poisson_train_k1_5.h5
@@ -35,18 +37,24 @@ def open_train_split(train_path: str) -> SplitFile:
 def sample_stats(split: SplitFile):
     """Per-sample statistics of an open split file, read in slices (bounded memory), float64.
 
-    Returns (ny, nx), src_norm (N,) = ||f_i||_2, sol_max (N,) = max|u_i|, tensor (N, k).
+    Returns (ny, nx), src_norm (N,) = ||f_i||_2, sol_max (N,) = max|u_i|, coef (N, k): the
+    `tensor` rows, or mean_x |c_ij(x)| of the coefficient fields when the PDE's model inputs
+    are `coef_field` (SplitFile.input_dataset).
     """
-    fields = split.h5["fields"]
     N = split.n_samples
     if N == 0:
         raise DataError(f"{split.path} holds no samples")
     src_norm, sol_max = np.empty(N), np.empty(N)
+    fields = split.input_dataset == "coef_field"
+    coef = np.empty((N, split.n_inputs)) if fields else split.h5["tensor"][:].astype(np.float64)
     for s in range(0, N, READ_CHUNK):
-        block = fields[s:s + READ_CHUNK].astype(np.float64)
+        block = split.h5["fields"][s:s + READ_CHUNK].astype(np.float64)
         src_norm[s:s + len(block)] = np.sqrt((block[:, 0] ** 2).sum(axis=(1, 2)))
         sol_max[s:s + len(block)] = np.abs(block[:, 1]).max(axis=(1, 2))
-    return split.shape, src_norm, sol_max, split.h5["tensor"][:].astype(np.float64)
+        if fields:
+            c = split.h5["coef_field"][s:s + READ_CHUNK].astype(np.float64)
+            coef[s:s + len(block)] = np.abs(c).mean(axis=(2, 3))
+    return split.shape, src_norm, sol_max, coef
 
 
 def compute_scales(train_path: str, Lx: float = 1.0, Ly: float = 1.0) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Split files (DESIGN.md section 4): their names, and THE reader and writer of their layout.
 
 Layout of `{pde}_{split}_{tag}.h5`: `fields` (N, 2, n, n) float32 [source f, solution u],
-`tensor` (N, k) float32 coefficients, optional `other` (N, 1); root attributes such as `pde`.
+`tensor` (N, k) float32 coefficients, optional `other` (N, 1), and for a PDE whose
+coefficient is a field `coef_field` (N, c, n, n); root attributes such as `pde`.
 
 - Names: `dataset_path`, `scales_path` / `scales_file_for` (the scales beside the train split).
 - Reading: `SplitFile` opens a split ONCE, checks its layout (one-line `DataError` naming what
@@ -19,24 +20,20 @@ import sys
 import h5py
 import numpy as np
 
+from utils import pdes
 from utils.errors import DataError
 from utils.fileio import atomic_path, save_npy_atomic  # noqa: F401  (save_npy_atomic: re-export)
+from utils.pdes import format_number  # noqa: F401  (re-export)
 
-PDES = ("poisson", "ad", "helmholtz")
 SPLITS = ("train", "val", "test")
-TAG_PREFIX = {"poisson": "k", "ad": "adr", "helmholtz": "o"}
-
-
-def format_number(x: float) -> str:
-    """'%g' with '.' -> 'p': 1 -> '1', 0.2 -> '0p2', 2.5 -> '2p5'."""
-    return ("%g" % float(x)).replace(".", "p")
 
 
 def range_tag(pde: str, lo: float, hi: float) -> str:
-    """Tag of a coefficient range: k1_5 (Poisson), adr0p2_1 (AD), o1_10 (Helmholtz)."""
-    if pde not in TAG_PREFIX:
-        raise DataError(f"unknown pde {pde!r} (expected one of {', '.join(PDES)})")
-    return f"{TAG_PREFIX[pde]}{format_number(lo)}_{format_number(hi)}"
+    """Tag of a coefficient range in the PDE's format (utils/pdes.py), e.g. k1_5, adr0p2_1."""
+    try:
+        return pdes.get(pde).tag(lo, hi)
+    except pdes.UnknownPDE as e:
+        raise DataError(str(e)) from None
 
 
 def dataset_path(datapath: str, pde: str, split: str, lo: float, hi: float) -> str:
@@ -76,9 +73,13 @@ class SplitFile:
         need_solution: False also accepts `fields` (N, 1, H, W) [source] (predict.py input).
     Attributes:
         n_samples, shape (H, W), n_tensor k, has_other, has_solution, pde (root attribute
-        `pde` or None), h5 (the open h5py.File).
+        `pde` or None), n_field (channels of `coef_field`, 0 without), h5 (the open h5py.File),
+        input_dataset / n_inputs: where the model's coefficient channels come from ('tensor'
+        or 'coef_field', the registry's layout of the file's PDE; 'tensor' for a file that
+        names no registered PDE) and how many there are.
     Raises:
-        DataError: missing/unreadable file, or `fields` not (N, 2, H, W), or `tensor` not (N, k).
+        DataError: missing/unreadable file, or `fields` not (N, 2, H, W), `tensor` not (N, k),
+        `coef_field` not (N, c, H, W), or a PDE that needs `coef_field` without it.
     """
 
     def __init__(self, path, what="data file", need_tensor=False, need_solution=True):
@@ -124,6 +125,21 @@ class SplitFile:
         self.has_other = "other" in f
         pde = f.attrs.get("pde")
         self.pde = pde.decode() if isinstance(pde, bytes) else (None if pde is None else str(pde))
+        self.n_field = 0
+        if "coef_field" in f:
+            cshape = f["coef_field"].shape
+            if len(cshape) != 4 or cshape[0] != shape[0] or cshape[2:] != shape[2:]:
+                raise DataError(f"{what} {path}: 'coef_field' must be (N={shape[0]}, c, "
+                                f"{shape[2]}, {shape[3]}), found {tuple(cshape)}")
+            self.n_field = cshape[1]
+        try:
+            self.input_dataset = pdes.of_file(path, self.pde).input_dataset
+        except pdes.UnknownPDE:
+            self.input_dataset = "tensor"   # a foreign file: its columns are the inputs
+        if self.input_dataset == "coef_field" and not self.n_field:
+            raise DataError(f"{what} {path}: a {self.pde} file needs the dataset 'coef_field' "
+                            f"(N, c, n, n) (found: {', '.join(sorted(f.keys()))})")
+        self.n_inputs = self.n_field if self.input_dataset == "coef_field" else self.n_tensor
 
     def read(self, sel, other=False):
         """Samples `sel` (a slice, or increasing row indices) as float32 arrays:
@@ -136,6 +152,14 @@ class SplitFile:
             return fields, tensor
         return fields, tensor, (np.asarray(self.h5["other"][sel], np.float32)
                                 if self.has_other else None)
+
+    def read_inputs(self, sel):
+        """Samples `sel` as the model reads them: (fields (B, 2, H, W), coefficient inputs:
+        `tensor` rows (B, k) or `coef_field` (B, c, H, W), per `input_dataset`) float32."""
+        if self.input_dataset == "tensor":
+            return self.read(sel)
+        return (np.asarray(self.h5["fields"][sel], dtype=np.float32),
+                np.asarray(self.h5["coef_field"][sel], dtype=np.float32))
 
     def close(self):
         self.h5.close()
@@ -169,12 +193,14 @@ class SplitWriter:
         # renamed onto `path` here if no exception; the temporary file is removed otherwise
 
     `fields` (N, 2, n, n) float32 is chunked one sample per HDF5 chunk so that training
-    readers can slice samples cheaply; `tensor` (N, k) and `other` (N, 1) are float32.
+    readers can slice samples cheaply; `tensor` (N, k) and `other` (N, 1) are float32;
+    with n_field = c > 0 the coefficient fields `coef_field` (N, c, n, n) are chunked like
+    `fields`, each sample's chunk right after its `fields` chunk.
     Object timestamps are off so that identical inputs give identical files.
     """
 
     def __init__(self, path: str, n_samples: int, n: int, k: int, with_other: bool = False,
-                 overwrite: bool = False):
+                 overwrite: bool = False, n_field: int = 0):
         if os.path.exists(path) and not overwrite:
             raise DataError(f"{path} exists (pass --overwrite to replace it)")
         self.path = path
@@ -182,12 +208,12 @@ class SplitWriter:
         self._atomic = contextlib.ExitStack()
         self.tmp = self._atomic.enter_context(atomic_path(path))
         try:
-            self._create(n_samples, n, k, with_other)
+            self._create(n_samples, n, k, with_other, n_field)
         except BaseException:
             self._atomic.__exit__(*sys.exc_info())
             raise
 
-    def _create(self, n_samples, n, k, with_other):
+    def _create(self, n_samples, n, k, with_other, n_field):
         # whole chunks are written at once: no chunk cache needed (it only adds copies)
         self.file = h5py.File(self.tmp, "w-", track_order=False, rdcc_nbytes=0)
         kw = dict(dtype="<f4", track_times=False)
@@ -199,14 +225,21 @@ class SplitWriter:
                       if with_other else None)
         self.fields = self.file.create_dataset("fields", (n_samples, 2, n, n),
                                                chunks=(1, 2, n, n), **kw)
+        self.coef_field = (self.file.create_dataset("coef_field", (n_samples, n_field, n, n),
+                                                    chunks=(1, n_field, n, n), **kw)
+                           if n_field else None)
         self.attrs = {}
 
     def write(self, start: int, fields: np.ndarray, tensor: np.ndarray,
-              other: np.ndarray | None = None) -> None:
+              other: np.ndarray | None = None, coef_field: np.ndarray | None = None) -> None:
         stop = start + len(fields)
         fields = np.ascontiguousarray(fields, dtype="<f4")
+        if self.coef_field is not None:
+            coef_field = np.ascontiguousarray(coef_field, dtype="<f4")
         for i in range(len(fields)):           # one HDF5 chunk per sample, written in order
             self.fields.id.write_direct_chunk((start + i, 0, 0, 0), fields[i])
+            if self.coef_field is not None:
+                self.coef_field.id.write_direct_chunk((start + i, 0, 0, 0), coef_field[i])
         self.tensor[start:stop] = tensor.astype(np.float32, copy=False)
         if self.other is not None:
             self.other[start:stop] = np.asarray(other, np.float32).reshape(-1, 1)

@@ -1,14 +1,11 @@
-"""Mixed-physics data (DESIGN.md section 5): one 7-channel layout for the three PDEs.
+"""Mixed-physics data (DESIGN.md section 5): one 7-channel layout for the scalar-coefficient PDEs.
 
 Every PDE is written as  -div(K grad u) + v . grad u - omega u = f  and its coefficients as the
-6 columns [K11, K22, K12, v1, v2, omega]:
-
-    Poisson   tensor (K11, K22, K12)          -> [K11, K22, K12, 0, 0, 0]
-    AD        tensor (K11, K22, K12, v1, v2)  -> [K11, K22, K12, v1, v2, 0]
-    Helmholtz tensor (t0, t1): -t0 Lap u - t1 u -> [t0, t0, 0, 0, 0, t1]
-
-so the model input is [f, K11, K22, K12, v1, v2, omega] (in_dim 7) whatever the PDE, and one
-train set is made of several files (`train_path: [poisson..., ad..., helmholtz...]`).
+6 columns [K11, K22, K12, v1, v2, omega]; the registry (utils/pdes.py, `mixed`) says which
+`tensor` column of each PDE fills which of them (absent terms are 0), e.g. Helmholtz
+(t0, t1) -> [t0, t0, 0, 0, 0, t1]. So the model input is [f, K11, K22, K12, v1, v2, omega]
+(in_dim 7) whatever the PDE, and one train set is made of several files
+(`train_path: [poisson..., ad..., helmholtz...]`). A file's PDE is its `pde` attribute.
 
 Scales over the union of the train files (10 entries, DESIGN.md order):
 [source_scale, 6 coefficient scales, sol_scale, Lx, Ly] with source_scale = median over ALL
@@ -29,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils import pdes  # noqa: E402
 from utils.cli import cli  # noqa: E402
 from utils.errors import MixedDataError  # noqa: E402,F401  (re-export: raised here)
 from utils.fileio import save_npy_atomic  # noqa: E402
@@ -36,41 +34,34 @@ from utils.get_scale import open_train_split, sample_stats  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-MIXED_CHANNELS = ("f", "K11", "K22", "K12", "v1", "v2", "omega")
+MIXED_CHANNELS = ("f",) + pdes.MIXED_COLUMNS
 N_MIXED_COEF = len(MIXED_CHANNELS) - 1
-# tensor width -> PDE; the `pde` root attribute of the file, when present, must agree
-PDE_OF_WIDTH = {3: "poisson", 5: "ad", 2: "helmholtz"}
-# coefficient columns of the mixed layout each PDE has (the others are absent terms, 0)
-PRESENT = {"poisson": [0, 1, 2], "ad": [0, 1, 2, 3, 4], "helmholtz": [0, 1, 5]}
 
 
 def pde_of(path, n_tensor, attr=None):
-    """PDE of a split file from its coefficient width (and its `pde` attribute if given)."""
-    pde = PDE_OF_WIDTH.get(int(n_tensor))
-    if pde is None:
-        raise MixedDataError(f"{path}: {n_tensor} coefficient columns match no PDE "
-                             f"(poisson 3, ad 5, helmholtz 2)")
-    if attr is not None:
-        attr = attr.decode() if isinstance(attr, bytes) else str(attr)
-        if attr.lower() not in (pde, {"ad": "advdiff"}.get(pde, pde)):
-            raise MixedDataError(f"{path}: pde attribute {attr!r} but {n_tensor} coefficient "
-                                 f"columns ({pde})")
-    return pde
+    """Registered PDE name of a split file: its `pde` attribute `attr` (or, for a file
+    without one, its name prefix; utils.pdes.of_file), checked against its coefficient
+    width `n_tensor`. MixedDataError when neither names a PDE or the width does not fit."""
+    try:
+        spec = pdes.of_file(path, attr)
+    except pdes.UnknownPDE as e:
+        raise MixedDataError(f"{path}: {e}") from None
+    if int(n_tensor) != spec.k:
+        raise MixedDataError(f"{path}: a {spec.name} file needs {spec.k} coefficient columns "
+                             f"{list(spec.coefficients)}, found {n_tensor}")
+    return spec.name
 
 
 def to_mixed(pde, tensor):
     """Coefficients (B, k) of `pde` -> (B, 6) [K11, K22, K12, v1, v2, omega], same dtype."""
     tensor = np.asarray(tensor)
+    try:
+        pairs = pdes.get(pde).to_mixed_columns()
+    except pdes.UnknownPDE as e:
+        raise MixedDataError(str(e)) from None
     out = np.zeros((tensor.shape[0], N_MIXED_COEF), dtype=tensor.dtype)
-    if pde == "poisson":
-        out[:, :3] = tensor[:, :3]
-    elif pde == "ad":
-        out[:, :5] = tensor[:, :5]
-    elif pde == "helmholtz":
-        out[:, 0] = out[:, 1] = tensor[:, 0]     # K = t0 I
-        out[:, 5] = tensor[:, 1]                 # omega
-    else:
-        raise MixedDataError(f"unknown pde {pde!r}")
+    for j, i in pairs:
+        out[:, j] = tensor[:, i]
     return out
 
 
@@ -113,8 +104,8 @@ def mixed_scales(train_paths, Lx=1.0, Ly=1.0):
     sol = np.concatenate([s[3] for s in stats])
     coef_scales = []
     for j in range(N_MIXED_COEF):
-        vals = np.concatenate([np.abs(s[4][:, j]) for s in stats if j in PRESENT[s[0]]] or
-                              [np.zeros(1)])
+        vals = np.concatenate([np.abs(s[4][:, j]) for s in stats
+                               if pdes.get(s[0]).mixed[j] is not None] or [np.zeros(1)])
         coef_scales.append(np.median(vals))
     return np.concatenate([[np.median(src) * (Lx / nx) * (Ly / ny)], coef_scales,
                            [np.median(sol), Lx, Ly]])

@@ -3,8 +3,8 @@
 
     python utils/plot_overview.py --datapath data/demo --out assets/overview.png
 
-Reads the test splits of the default ranges (Poisson k1_5, AD adr0p2_1, Helmholtz o1_10);
-run ./run_gen_data.sh first.
+Reads the test splits of the demo ranges of the PDEs run_gen_data.sh makes by default (the
+registry utils/pdes.py: Poisson k1_5, AD adr0p2_1, Helmholtz o1_10); run ./run_gen_data.sh first.
 """
 import argparse
 import os
@@ -18,29 +18,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from utils import pdes  # noqa: E402
 from utils.cli import cli  # noqa: E402
 from utils.errors import DataError  # noqa: E402
 from utils.fileio import savefig_atomic  # noqa: E402
 from utils.h5io import SplitFile, dataset_path  # noqa: E402
 
-DEFAULT_RANGES = {"poisson": (1, 5), "ad": (0.2, 1), "helmholtz": (1, 10)}
-TITLES = {"poisson": "Poisson", "ad": "advection-diffusion", "helmholtz": "Helmholtz"}
-
-
-def describe(pde, t, other):
-    """Short coefficient label of one sample."""
-    if pde == "poisson":
-        ev = np.linalg.eigvalsh([[t[0], t[2]], [t[2], t[1]]])
-        return f"e = {ev[1] / ev[0]:.2f}"
-    if pde == "ad":
-        return f"ratio = {float(other[0]):.2f}"
-    return f"omega = {int(t[1])}"
-
 
 def plot_overview(datapath, out, per_pde=2, split="test"):
-    fig, axes = plt.subplots(3, 2 * per_pde, figsize=(3.0 * 2 * per_pde, 8.4),
-                             constrained_layout=True)
-    for row, (pde, (lo, hi)) in enumerate(DEFAULT_RANGES.items()):
+    rows = [pdes.get(name) for name in pdes.names(default_only=True)]
+    fig, axes = plt.subplots(len(rows), 2 * per_pde, squeeze=False, constrained_layout=True,
+                             figsize=(3.0 * 2 * per_pde, 2.8 * len(rows)))
+    for row, spec in enumerate(rows):
+        pde = spec.name
+        lo, hi = map(float, spec.demo_ranges[0].split(","))
         path = dataset_path(datapath, pde, split, lo, hi)
         if not os.path.exists(path):
             raise DataError(f"{path} missing (run ./run_gen_data.sh first)")
@@ -56,8 +47,8 @@ def plot_overview(datapath, out, per_pde=2, split="test"):
                                **(dict(cmap="viridis") if c == 0 else
                                   dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax)))
                 fig.colorbar(im, ax=ax, shrink=0.8)
-                ax.set_title(f"{TITLES[pde]}: {name}\n{describe(pde, tensor[s], other[s])}",
-                             fontsize=9)
+                label = spec.label(tensor[s], None if other[s] is None else other[s][0])
+                ax.set_title(f"{spec.title}: {name}\n{label}", fontsize=9)
                 ax.set_xticks([0, 1])
                 ax.set_yticks([0, 1])
     savefig_atomic(fig, out, dpi=90)

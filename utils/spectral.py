@@ -125,20 +125,24 @@ def helmholtz_symbol(t: np.ndarray, wk: Wavenumbers) -> np.ndarray:
     return _col(t, 0) * (wk.kx2 + wk.ky2) - _col(t, 1)
 
 
+def advdiff_symbol(t: np.ndarray, wk: Wavenumbers) -> np.ndarray:
+    """Symbol of -div(K grad .) + v . grad for rows t (B, 5) = (K11, K22, K12, v1, v2)."""
+    return diffusion_symbol(t, wk) + advection_symbol(t[:, 3:5], wk)
+
+
 def operator_symbol(pde: str, tensor: np.ndarray, wk: Wavenumbers) -> np.ndarray:
     """Symbol of the PDE operator from the stored coefficient rows (DESIGN section 2).
 
-    pde: 'poisson' (tensor (B, 3)), 'ad' (tensor (B, 5) = K11, K22, K12, v1, v2) or
+    pde: a registered PDE with a Fourier symbol (utils/pdes.py names the function), e.g.
+    'poisson' (tensor (B, 3)), 'ad' (tensor (B, 5) = K11, K22, K12, v1, v2) or
     'helmholtz' (tensor (B, 2) = t0, omega).
     """
-    tensor = np.asarray(tensor, dtype=wk.kx.dtype)
-    if pde == "poisson":
-        return diffusion_symbol(tensor, wk)
-    if pde == "ad":
-        return diffusion_symbol(tensor, wk) + advection_symbol(tensor[:, 3:5], wk)
-    if pde == "helmholtz":
-        return helmholtz_symbol(tensor, wk)
-    raise ValueError(f"unknown pde {pde!r}")
+    from utils import pdes
+
+    spec = pdes.get(pde)
+    if spec.symbol is None:
+        raise ValueError(f"{spec.name} has no Fourier symbol (its coefficient is a field)")
+    return pdes.fn(spec.symbol)(np.asarray(tensor, dtype=wk.kx.dtype), wk)
 
 
 # --- solves and operators ------------------------------------------------------------------
