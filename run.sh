@@ -19,12 +19,11 @@ RUN_NUM=${RUN_NUM:-0}
 ROOT_DIR=${ROOT_DIR:-results}
 PYTHON=${PYTHON:-python}
 
-# demo configs: make their data if missing (run_gen_data.sh skips existing files)
+# demo configs ({pde}-demo, a PDE name or alias of utils/pdes.py): make their data if missing
+# (run_gen_data.sh skips existing files)
+DEMO_PDE=
 case "$CONFIG" in
-  poisson-demo) DEMO_PDE=poisson ;;
-  ad-demo)      DEMO_PDE=ad ;;
-  helm-demo)    DEMO_PDE=helmholtz ;;
-  *)            DEMO_PDE= ;;
+  *-demo) DEMO_PDE=$($PYTHON -m utils.pdes name "${CONFIG%-demo}" 2>/dev/null) || DEMO_PDE= ;;
 esac
 if [ -n "$DEMO_PDE" ]; then
   PDES=$DEMO_PDE bash run_gen_data.sh

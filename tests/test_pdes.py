@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_names_aliases_and_tags():
     assert pdes.names(default_only=True) == ["poisson", "ad", "helmholtz"]
     assert pdes.get("advdiff").name == "ad" and pdes.get("Helmholtz").name == "helmholtz"
+    assert pdes.get("helm").name == "helmholtz"       # run.sh: helm-demo
     with pytest.raises(pdes.UnknownPDE, match="unknown pde 'heat'"):
         pdes.get("heat")
     assert [range_tag(p, lo, hi) for p, lo, hi in

@@ -66,11 +66,12 @@ import numpy as np
 import torch
 
 from utils import pdes
-from utils.errors import CheckpointError, FinetuneError, UserError
+from utils.errors import CheckpointError, DataError, FinetuneError, UserError
 from utils.fileio import atomic_path, torch_save_atomic, write_json_atomic
 from utils.run_layout import MODEL_CARD
 
 MODEL_INFO_VERSION = 1
+UNKNOWN_PDE = "unknown"     # model_info pde of data files that name no PDE
 # root attributes that describe the distribution of a data file (compared by same_distribution)
 DISTRIBUTION_KEYS = ("pde", "coef_range", "n", "ng", "sigma", "sparse", "Lx", "Ly")
 _REQUIRED = ("version", "architecture", "pde", "channel_layout", "channels", "coefficients",
@@ -387,10 +388,25 @@ def describe_data_file(path):
 
     with SplitFile(path) as sf:
         attrs = {k: plain(v) for k, v in sf.h5.attrs.items()}
-        attrs["pde"] = pde_of(path, sf.n_tensor, sf.pde)
+        try:
+            attrs["pde"] = pde_of(path, sf.n_tensor, sf.pde)
+        except DataError:
+            if sf.pde is not None:          # a named PDE whose columns do not fit
+                raise
+            # a foreign file that names no PDE (no attribute, no {pde}_ name): a native
+            # model of its columns still trains; its info says the PDE is unknown
+            attrs["pde"] = UNKNOWN_PDE
         attrs.update(file=os.path.basename(path), n_samples=int(sf.n_samples),
                      grid=[int(s) for s in sf.shape], n_tensor=int(sf.n_tensor))
     return attrs
+
+
+def input_channels(pde, n_tensor):
+    """Names of the model's coefficient input channels for data of `pde` (the registry's
+    input layout; t0, t1, ... for a file that names no PDE)."""
+    if pde == UNKNOWN_PDE:
+        return [f"t{j}" for j in range(n_tensor)]
+    return list(pdes.get(pde).input_channels)
 
 
 def _get(params, key, default=None):
@@ -415,7 +431,7 @@ def build_model_info(params, metrics=None, n_params=None):
         pde, channels = "mixed", list(MIXED_CHANNELS)
     else:
         pde = file_pdes[0]
-        channels = ["f"] + list(pdes.get(pde).input_channels)
+        channels = ["f"] + input_channels(pde, files[0]["n_tensor"])
     if len(channels) != arch["in_dim"]:
         raise CheckpointError(f"{layout} layout of {pde} data gives {len(channels)} input "
                               f"channels {channels} but the model has in_dim {arch['in_dim']}")
@@ -441,8 +457,7 @@ def build_model_info(params, metrics=None, n_params=None):
         n_params=int(n_params if n_params is not None else count_parameters(arch)),
         pde=pde, pdes=sorted(set(file_pdes), key=file_pdes.index), channel_layout=layout,
         channels=channels,
-        coefficients={p: list(pdes.get(p).input_channels)
-                      for p in sorted(set(file_pdes), key=file_pdes.index)},
+        coefficients={d["pde"]: input_channels(d["pde"], d["n_tensor"]) for d in files},
         scales=[float(s) for s in scales],
         grid=list(files[0]["grid"]),
         data=files,

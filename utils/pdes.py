@@ -166,7 +166,8 @@ register(PDESpec(
     label=lambda t, other: f"ratio = {float(other):.2f}", mixed=(0, 1, 2, 3, 4, None)))
 
 register(PDESpec(
-    name="helmholtz", title="Helmholtz", summary="Helmholtz: -0.01 Laplace(u) - omega u = f",
+    name="helmholtz", aliases=("helm",), title="Helmholtz",
+    summary="Helmholtz: -0.01 Laplace(u) - omega u = f",
     equation="-t0 Laplace(u) - t1 u = f; tensor = (t0 = 0.01, t1 = omega)",
     coefficients=("t0", "omega"),
     coef_range=CoefRange(("o1", "o2"), int, (1, 10),
