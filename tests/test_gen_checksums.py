@@ -35,12 +35,27 @@ CASES = {
     "helmholtz-dense-w2": (
         "gen_data_helmholtz.py", ["--o1", "10", "--o2", "20", "--workers", "2",
                                   "--seed", "12345"]),
+    # recorded when Darcy was added (after the refactor)
+    "darcy-sparse-w1": (
+        "gen_data_darcy.py", ["--s1", "0.5", "--s2", "1", "--sparse", "--workers", "1",
+                              "--seed", "0"]),
+    "darcy-two_phase-dense-w2": (
+        "gen_data_darcy.py", ["--s1", "1", "--s2", "2", "--two_phase", "--workers", "2",
+                              "--seed", "12345"]),
 }
 SHA256 = {
     "ad-dense-w2": {
         "test": "d2183abc1c289700679314fb4a330c95ca4a511528934a79e5dbe7f7f8dc3c39",
         "train": "6c6246abd5f6a6b1403091a0a1b918d98d7a0f10593b318c64d6f187ae6a25b7",
         "val": "0060cac3e2d7c2c329151b7dcd27dc2ef179a8e42f64c086d38e27ea4d01b446"},
+    "darcy-sparse-w1": {
+        "test": "c8392dd3e6e131806c1e906339b063b52da640e51247fe17c70e4b20e402a3cd",
+        "train": "8afdd94c72c56fcb5d2d43837300492783c26964a5f668246bf74b13eabacedf",
+        "val": "3a8375d1d7ee594399671cddfede8fb8581272eb373aa0c52068dbdef0a723db"},
+    "darcy-two_phase-dense-w2": {
+        "test": "a890829617a5140e32d1d8284707af6a43ed9785c476e5b90f84b65b6e1721ea",
+        "train": "d16aa429ac9c73b331809dfb1bbae888ae5417501ce2fa8f812f009b0180566f",
+        "val": "4642ed30b6786b73e744a32458781b770deb2d55852f16e244a7052774615c0b"},
     "ad-sparse-w1": {
         "test": "284303dd9299a02925c15f9b7104646fb86b533c88486c1e24f0ae8a89d138f5",
         "train": "96bf1e3e1dfcd3a2702c3e610805abbc9e82422da9face9145922fe13d4d078f",

@@ -214,3 +214,60 @@ def helmholtz_block(cfg, key, pos, vf):
         todo = todo[~ok]
         attempt[todo] += 1
     return Block(*out, stats={"redraws": int(attempt.sum())})
+
+
+# --- Darcy: -div(a grad u) = f with a = exp(log-normal field) -------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _grf_sqrt_spectrum(n: int, tau: float, alpha: float, L: float) -> np.ndarray:
+    """sqrt of the covariance spectrum ((2 pi |k|)^2 + tau^2)^(-alpha / 2), (n, n//2+1), on
+    the Nyquist-free, non-zero modes (0 elsewhere)."""
+    wk = spectral.wavenumbers(n, L, L)
+    keep = spectral.nyquist_free(n, n)
+    keep[0, 0] = False
+    return np.where(keep, (wk.kx2 + wk.ky2 + tau ** 2) ** (-alpha / 2), 0.0)
+
+
+def gaussian_random_field(u: np.ndarray, n: int, tau: float, alpha: float,
+                          L: float = 1.0) -> np.ndarray:
+    """Zero-mean Gaussian random fields g (B, n, n) with covariance (-Laplace + tau^2)^-alpha
+    (Li et al. 2021), normalised to unit standard deviation over the grid.
+
+    u: (B, 2 n (n//2+1)) uniforms; each rfft2 mode gets a complex normal from a pair of them
+    (Box-Muller), so a field is a pure function of its counters.
+    """
+    B, nk = len(u), n // 2 + 1
+    u = u.reshape(B, 2, n, nk)
+    radius = np.sqrt(-2 * np.log1p(-u[:, 0]))          # 1 - u in (0, 1]: no log(0)
+    g_hat = _grf_sqrt_spectrum(n, tau, alpha, L) * radius * np.exp(2j * np.pi * u[:, 1])
+    g = spectral.irfft2(g_hat, n)
+    g -= g.mean(axis=(1, 2), keepdims=True)
+    return g / g.std(axis=(1, 2), keepdims=True)
+
+
+def darcy_block(cfg, key, pos, vf):
+    """Darcy: f as for Poisson (projected onto the Nyquist-free modes), a = 0.01 exp(s g)
+    (smooth) or 0.01 exp(s sign(g)) (--two_phase), s ~ U[s1, s2] the standard deviation of
+    log a; batched PCG solve in float64 (utils/spectral.solve_darcy). Stored: tensor = (s,),
+    field = a."""
+    from utils import pdes
+
+    params = pdes.get(cfg.pde).extra_attrs
+    f, _, c = _draw(cfg, key, pos, vf, np.zeros(len(pos), np.int64))
+    s = _f32(sampling.uniform_in(c[:, 0], cfg.lo, cfg.hi))
+    n = cfg.n
+    # the field's counters follow those of the first attempt (sampling.py layout)
+    u = sampling.uniforms(key, pos, sampling.draws_per_attempt(cfg.ng), 2 * n * (n // 2 + 1))
+    g = gaussian_random_field(u, n, params["grf_tau"], params["grf_alpha"], cfg.L)
+    log_a = s[:, None, None] * (np.sign(g) if "two_phase" in cfg.switches else g)
+    # geometric mean DIFF_SCALE = 0.01, the diffusion scale of Poisson's K: solutions of the
+    # same magnitude as the other PDEs' (targets are not normalised)
+    a = _f32(sampling.DIFF_SCALE * np.exp(log_a))
+    try:
+        res = spectral.solve_darcy(f, a, cfg.L, cfg.L, tol=params["cg_tol"])
+    except ValueError as e:
+        raise DataError(f"darcy: {e} (a range of s this wide needs more iterations)") from None
+    u_hat = spectral.rfft2(res.u)
+    return Block(res.f, res.u.astype(np.float32), u_hat, s[:, None], field=a[:, None],
+                 stats={"max_cg_iterations": int(res.iterations.max()),
+                        "cg_iterations": int(res.iterations.sum())})

@@ -69,6 +69,7 @@ class PDESpec:
     label: Callable                 # label(tensor row, other value or None) -> str, for plots
     aliases: tuple[str, ...] = ()
     symbol: str | None = None       # Fourier symbol (tensor (B, k), wk) -> (B, ny, nk)
+    operator: str | None = None     # without a symbol: L u = operator(u, field (B, ny, nx), Lx, Ly)
     other: bool = False             # per-sample diagnostic `other` (N, 1) stored
     # model input channels after the source, and where they are read from: 'tensor'
     # (the coefficient columns, broadcast over the grid) or 'coef_field' (fields (N, c, n, n))
@@ -179,6 +180,26 @@ register(PDESpec(
     label=lambda t, other: f"omega = {int(t[1])}",
     mixed=(0, 0, None, None, None, 1),           # K = t0 I, omega = t1
     extra_attrs={"max_abs_u": 2.0}))             # gen_recipes.HELMHOLTZ_MAX_U
+
+register(PDESpec(
+    name="darcy", title="Darcy", summary="Darcy flow: -div(a(x) grad u) = f",
+    equation="-div(a grad u) = f, a = 0.01 exp(s g), g a unit-variance Gaussian random field "
+             "with covariance (-Laplace + grf_tau^2)^-grf_alpha (a = 0.01 exp(s sign(g)) if "
+             "two_phase); tensor = (s,) = std of log a; coef_field = a",
+    coefficients=("s",),
+    coef_range=CoefRange(("s1", "s2"), float, (0.5, 1.0),
+                         "standard deviation s of log a, s ~ U[s1, s2]",
+                         0.0, False, "--s1 must be positive: the standard deviation of log a "
+                                     "(got {lo:g})"),
+    tag_prefix="s", script="gen_data_darcy.py", recipe="utils.gen_recipes:darcy_block",
+    operator="utils.spectral:darcy_operator",
+    ranges_env="DARCY_RANGES", demo_ranges=("0.5,1",), paper_ranges=("0.5,1", "1,2"),
+    label=lambda t, other: f"s = {float(t[0]):.2f}",
+    inputs=("a",), input_dataset="coef_field",
+    extra_attrs={"grf_tau": 3.0, "grf_alpha": 2.0, "cg_tol": 1e-11},
+    extra_flags=(("two_phase", "two-phase coefficient a = 0.01 exp(s sign(g)), two values "
+                               "(thresholded field, Li et al. 2021) instead of 0.01 exp(s g)"),),
+    in_default_set=False))
 
 
 def names(default_only: bool = False) -> list[str]:

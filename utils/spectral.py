@@ -20,6 +20,14 @@ The PDE symbols below are those of L in L u = f:
   Helmholtz  L u = -t0 Laplace(u) - t1 u             symbol  t0 |k|^2 - t1
 Modes where the symbol vanishes (k = 0 for Poisson/AD) are set to 0 in the solution and are
 projected out of the source (so that L u equals the projected source exactly).
+
+Darcy, -div(a(x) grad u) = f with a coefficient FIELD a, has no symbol: the operator is
+pseudo-spectral (FFT derivatives, the product a grad u in physical space) and is solved by
+preconditioned conjugate gradients (`solve_darcy`). It acts on the modes OFF the Nyquist lines
+only (kx = n/2 or ky = n/2; `nyquist_free`): there the first derivatives vanish, so
+-div(a grad .) barely penalises them and an unprojected solve can return u full of
+Nyquist-line content that satisfies the spectral equation to rounding but no finite-difference
+one. f, u and the operator are projected onto the Nyquist-free, zero-mean modes.
 """
 from __future__ import annotations
 
@@ -192,16 +200,119 @@ def solve_helmholtz(f, t0, omega, Lx=1.0, Ly=1.0):
 
 def apply_operator(pde: str, u: np.ndarray, tensor: np.ndarray, Lx: float = 1.0,
                    Ly: float = 1.0) -> np.ndarray:
-    """L u for fields u (B, ny, nx) and coefficient rows tensor (B, k)."""
+    """L u for fields u (B, ny, nx) and coefficient rows tensor (B, k) (or, for a PDE whose
+    coefficient is a field, the fields (B, 1, ny, nx): its registry `operator`)."""
+    from utils import pdes
+
+    spec = pdes.get(pde)
+    if spec.operator is not None:
+        return pdes.fn(spec.operator)(u, np.asarray(tensor)[:, 0], Lx, Ly)
     wk = _wk(u, Lx, Ly)
     return irfft2(operator_symbol(pde, tensor, wk) * rfft2(u), u.shape[-1])
+
+
+# --- Darcy: variable-coefficient diffusion, pseudo-spectral, solved by PCG ----------------
+
+def nyquist_free(ny: int, nx: int) -> np.ndarray:
+    """(ny, nx//2+1) bool mask of the rfft2 modes off the Nyquist lines (kx = nx/2, ky = ny/2
+    for even sizes): the space the Darcy operator acts on."""
+    keep = np.ones((ny, nx // 2 + 1), bool)
+    if nx % 2 == 0:
+        keep[:, -1] = False
+    if ny % 2 == 0:
+        keep[ny // 2, :] = False
+    return keep
+
+
+def _darcy_hat(u_hat, a, wk, keep, nx):
+    """Spectrum of P(-div(a grad u)) for the spectrum u_hat (B, ny, nk) of a Nyquist-free u
+    and the coefficient a (B, ny, nx): 2 inverse and 2 forward FFTs."""
+    qx = a * irfft2(1j * wk.kx * u_hat, nx)
+    qy = a * irfft2(1j * wk.ky * u_hat, nx)
+    return -(1j * wk.kx * rfft2(qx) + 1j * wk.ky * rfft2(qy)) * keep
+
+
+def darcy_operator(u: np.ndarray, a: np.ndarray, Lx: float = 1.0, Ly: float = 1.0) -> np.ndarray:
+    """P(-div(a grad(P u))) for u, a (B, ny, nx): the discrete Darcy operator, P the
+    projection onto the Nyquist-free modes (module docstring)."""
+    wk = _wk(u, Lx, Ly)
+    keep = nyquist_free(*u.shape[-2:])
+    return irfft2(_darcy_hat(rfft2(u) * keep, a, wk, keep, u.shape[-1]), u.shape[-1])
+
+
+class DarcyResult(NamedTuple):
+    u: np.ndarray           # (B, ny, nx) float64 solution, zero mean, no Nyquist-line content
+    f: np.ndarray           # (B, ny, nx) the projected source P f - mean (what u solves)
+    iterations: np.ndarray  # (B,) PCG iterations of each sample
+    rel_residual: np.ndarray  # (B,) ||P(-div(a grad u)) - f||_2 / ||f||_2 (CG recursion)
+
+
+def solve_darcy(f: np.ndarray, a: np.ndarray, Lx: float = 1.0, Ly: float = 1.0,
+                tol: float = 1e-10, max_iter: int = 5000) -> DarcyResult:
+    """-div(a grad u) = f on the periodic grid, zero-mean u, batched PCG in float64.
+
+    f, a: (B, ny, nx); a > 0. f is projected onto the zero-mean, Nyquist-free modes and u
+    sought there. Preconditioner: the inverse of -mean(a) Laplace (diagonal in Fourier space),
+    so the iteration count depends on the contrast of a, not on the grid. Each sample stops
+    when its relative residual (2-norm) is <= tol, so its result does not depend on the batch;
+    ValueError if one does not converge in max_iter iterations.
+    """
+    f = np.asarray(f, np.float64)
+    a = np.asarray(a, np.float64)
+    B, ny, nx = f.shape
+    wk = _wk(f, Lx, Ly)
+    keep = nyquist_free(ny, nx)
+    keep[0, 0] = False                              # zero mean
+    f_hat = rfft2(f) * keep
+    lap = wk.kx2 + wk.ky2
+    inv_lap = np.where(keep, 1 / np.where(lap > 0, lap, 1), 0)
+    # CG on the spectra: with Parseval weights w the physical inner product is
+    # sum(w Re(conj(x) y)) (rfft2 half plane), so A stays symmetric positive definite.
+    w = np.full((1, nx // 2 + 1), 2.0)
+    w[0, 0] = 1.0
+    if nx % 2 == 0:
+        w[0, -1] = 1.0
+
+    def dot(x, y):
+        return (w * (x.real * y.real + x.imag * y.imag)).sum(axis=(-2, -1))
+
+    abar = a.mean(axis=(-2, -1))[:, None, None]
+    x = np.zeros_like(f_hat)
+    r = f_hat.copy()
+    z = r * inv_lap / abar
+    p = z.copy()
+    rz = dot(r, z)
+    f_norm = np.sqrt(dot(f_hat, f_hat))
+    f_norm = np.where(f_norm > 0, f_norm, 1.0)
+    rel = np.sqrt(dot(r, r)) / f_norm
+    iters = np.zeros(B, np.int64)
+    active = np.flatnonzero(rel > tol)
+    while active.size:
+        if iters[active].max() >= max_iter or not np.all(np.isfinite(rel[active])):
+            raise ValueError(f"Darcy PCG: {active.size} samples not converged to {tol:g} in "
+                             f"{max_iter} iterations (relative residual {rel[active].max():.2e})")
+        i = active
+        Ap = _darcy_hat(p[i], a[i], wk, keep, nx)
+        alpha = (rz[i] / dot(p[i], Ap))[:, None, None]
+        x[i] += alpha * p[i]
+        r[i] -= alpha * Ap
+        rel[i] = np.sqrt(dot(r[i], r[i])) / f_norm[i]
+        iters[i] += 1
+        z_i = r[i] * inv_lap / abar[i]
+        rz_new = dot(r[i], z_i)
+        p[i] = z_i + (rz_new / rz[i])[:, None, None] * p[i]
+        rz[i] = rz_new
+        active = i[rel[i] > tol]
+    return DarcyResult(irfft2(x, nx), irfft2(f_hat, nx), iters, rel)
 
 
 def residual(pde: str, f: np.ndarray, u: np.ndarray, tensor: np.ndarray, Lx: float = 1.0,
              Ly: float = 1.0) -> np.ndarray:
     """Relative residual max|L u - f| / max|f| per sample, (B,), in float64.
 
-    f must already be the projected source (zero mean for Poisson/AD).
+    f must already be the projected source (zero mean for Poisson/AD/Darcy, and no
+    Nyquist-line content for Darcy). `tensor`: the coefficient rows (B, k), or for a PDE
+    with a coefficient field the fields (B, 1, ny, nx).
     """
     f = np.asarray(f, np.float64)
     r = apply_operator(pde, np.asarray(u, np.float64), np.asarray(tensor, np.float64), Lx, Ly) - f
