@@ -4,7 +4,8 @@
         [--device auto|cpu|cuda] [--batch_size 64] [--overwrite]
 
 The input is a split file (DESIGN.md section 4): `fields` (N, 2, n, n) [source, solution] or
-(N, 1, n, n) [source] and `tensor` (N, k) in the layout of its PDE. The model (any checkpoint
+(N, 1, n, n) [source] and `tensor` (N, k) in the layout of its PDE (and `coef_field`
+(N, c, n, n) for a PDE whose coefficient is a field, e.g. Darcy's a). The model (any checkpoint
 of this code: model.pt, ckpt_best.tar) must be one of that PDE and the grid one it can take.
 Writes --out atomically: `prediction` (N, n, n) float32 and `tensor` (N, k), and, when the
 input holds solutions, `rel_l2` (N,) with the relative L2 error of every sample, whose mean
@@ -83,7 +84,7 @@ def main(argv=None):
     model = load_pretrained(args.weights, device=args.device)
     with SplitFile(args.input, "input file", need_tensor=True, need_solution=False) as sf:
         n, grid, has_solution = sf.n_samples, sf.shape, sf.has_solution
-        pde = check_compatible(model, args.input, sf.pde, sf.n_tensor, grid)
+        pde = check_compatible(model, args.input, sf.pde, sf.n_inputs, grid)
         warn_if_shifted(model, args.input, sf.h5)
         logging.info("%s: %d samples on a %dx%d grid (%s); %r", args.input, n, *grid, pde, model)
         rel = np.empty(n, np.float64) if has_solution else None
@@ -95,7 +96,9 @@ def main(argv=None):
             for i in range(0, n, args.batch_size):   # bounded memory: one batch in flight
                 j = min(i + args.batch_size, n)
                 fields, tensor = sf.read(slice(i, j))
-                u = model.solve(fields[:, 0], tensor, pde=pde, batch_size=args.batch_size)
+                # the model's coefficient inputs: the tensor rows, or the coefficient fields
+                coef = tensor if sf.input_dataset == "tensor" else sf.read_coef_field(slice(i, j))
+                u = model.solve(fields[:, 0], coef, pde=pde, batch_size=args.batch_size)
                 pred_ds[i:j], tensor_ds[i:j] = u, tensor
                 if has_solution:
                     ref = fields[:, 1].reshape(j - i, -1).astype(np.float64)

@@ -191,3 +191,38 @@ def test_scales_and_field_inputs(darcy_files):
     np.testing.assert_allclose(x[:, 0], fields[:, 0] / s[:, None, None], rtol=1e-6)
     np.testing.assert_allclose(x[:, 1], a[:4, 0] / s[:, None, None] / scales[1], rtol=1e-6)
 
+
+def test_pretrained_solve_and_predict_take_the_coefficient_field(darcy_files, tmp_path):
+    """A Darcy model's solve(f, a) feeds a as a field channel, as the loader does; predict.py
+    reads a from the file's coef_field."""
+    import torch
+
+    import predict
+    from models.fno import FNO2d
+    from utils.cli import run_cli
+    from utils.pretrained import load_pretrained
+
+    arch = dict(in_dim=2, out_dim=1, layers=[8, 8], modes1=[4], modes2=[4], fc_dim=8,
+                dropout=0.0)
+    torch.manual_seed(0)
+    net = FNO2d(**arch).eval()
+    scales = get_scale.compute_scales(darcy_files["train"])
+    info = dict(version=1, architecture=arch, pde="darcy", pdes=["darcy"],
+                channel_layout="native", channels=["f", "a"], coefficients={"darcy": ["a"]},
+                scales=scales.tolist(), grid=[N_GRID, N_GRID])
+    path = str(tmp_path / "darcy.pt")
+    torch.save(dict(model_state=net.state_dict(), model_info=info), path)
+    model = load_pretrained(path, device="cpu")
+    data, _ = load(darcy_files["test"])
+    f, a = data["fields"][:, 0], data["coef_field"]
+    x = normalize_inputs(f, a, scales, 1 / N_GRID ** 2)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x))[:, 0].numpy()
+    np.testing.assert_allclose(model.solve(f, a), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.solve(f[0], a[0, 0]), ref[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match=r"darcy coefficients must be \(32, 1, 32, 32\)"):
+        model.solve(f, data["tensor"])             # the drawn s is not the input
+    out = tmp_path / "pred.h5"
+    run_cli(predict.main, ["--weights", path, "--input", darcy_files["test"], "--out", str(out)])
+    with h5py.File(out) as h:
+        np.testing.assert_allclose(h["prediction"][:], ref, rtol=1e-5, atol=1e-6)

@@ -70,14 +70,15 @@ def test_missing_file_and_bad_override(tmp_path):
 def test_shipped_configs_load():
     for fname, names in [("operators_poisson.yaml", ["poisson-scale-k1_5", "poisson-demo"]),
                          ("operators_ad.yaml", ["ad-scale-adr0p2_1", "ad-demo"]),
-                         ("operators_helmholtz.yaml", ["helm-scale-o1_10", "helm-demo"])]:
+                         ("operators_helmholtz.yaml", ["helm-scale-o1_10", "helm-demo"]),
+                         ("operators_darcy.yaml", ["darcy-scale-s0p5_1", "darcy-demo"])]:
         for name in names:
             p = YParams(os.path.join(REPO_ROOT, "configs", fname), name)
             assert p.lr == 1e-3 or name.endswith("demo")
             assert isinstance(p.lr, float)
             assert os.path.isabs(p.train_path) and p.train_path.startswith(REPO_ROOT)
             assert p.in_dim == {"operators_poisson.yaml": 4, "operators_ad.yaml": 6,
-                                "operators_helmholtz.yaml": 3}[fname]
+                                "operators_helmholtz.yaml": 3, "operators_darcy.yaml": 2}[fname]
     main = YParams(os.path.join(REPO_ROOT, "configs", "operators_poisson.yaml"), "poisson-scale-k1_5")
     assert (main.mode_cut, main.embed_cut, main.fc_cut, main.batch_size, main.max_epochs,
             main.loss_style, main.scheduler) == (32, 64, 2, 128, 500, "sum", "cosine")

@@ -158,8 +158,11 @@ class SplitFile:
         `tensor` rows (B, k) or `coef_field` (B, c, H, W), per `input_dataset`) float32."""
         if self.input_dataset == "tensor":
             return self.read(sel)
-        return (np.asarray(self.h5["fields"][sel], dtype=np.float32),
-                np.asarray(self.h5["coef_field"][sel], dtype=np.float32))
+        return np.asarray(self.h5["fields"][sel], dtype=np.float32), self.read_coef_field(sel)
+
+    def read_coef_field(self, sel):
+        """`coef_field` (B, c, H, W) float32 of samples `sel`."""
+        return np.asarray(self.h5["coef_field"][sel], dtype=np.float32)
 
     def close(self):
         self.h5.close()

@@ -89,7 +89,8 @@ class PretrainedFNO:
             f: (B, H, W) or (H, W) source on the periodic grid (x along the last axis), numpy
                 or torch; any grid the model takes (check_grid).
             coefficients: (B, k) or (k,) in the HDF5 `tensor` layout of the PDE
-                (info['coefficients'][pde], e.g. Poisson [K11, K22, K12]).
+                (info['coefficients'][pde], e.g. Poisson [K11, K22, K12]); for a PDE whose
+                coefficient is a field (Darcy: [a]) the fields (B, k, H, W) or (k, H, W).
             pde: the PDE of the inputs; needed for a mixed-physics model, checked otherwise.
             batch_size: samples per forward pass (bounds memory).
         Returns:
@@ -100,15 +101,18 @@ class PretrainedFNO:
         f = np.asarray(f.detach().cpu() if as_torch else f, dtype=np.float32)
         c = coefficients
         c = np.asarray(c.detach().cpu() if torch.is_tensor(c) else c, dtype=np.float64)
+        pde, columns = self.coefficient_columns(pde)
+        # coefficient fields (B, c, H, W) for a PDE whose inputs are fields (registry layout)
+        fields = pde != UNKNOWN_PDE and pdes.get(pde).input_dataset == "coef_field"
         single = f.ndim == 2
         if single:
-            f, c = f[None], c.reshape(1, -1)
+            f, c = f[None], (c.reshape(1, -1, *f.shape) if fields else c.reshape(1, -1))
         if f.ndim != 3:
             raise DataError(f"source f must be (B, H, W) or (H, W), got shape {f.shape}")
-        pde, columns = self.coefficient_columns(pde)
-        if c.ndim != 2 or c.shape != (f.shape[0], len(columns)):
-            raise DataError(f"{pde} coefficients must be (B={f.shape[0]}, {len(columns)}) "
-                            f"[{', '.join(columns)}], got shape {c.shape}")
+        want = (f.shape[0], len(columns), *(f.shape[1:] if fields else ()))
+        if c.shape != want:
+            raise DataError(f"{pde} coefficients must be {want} [{', '.join(columns)}], got "
+                            f"shape {c.shape}")
         if not (np.all(np.isfinite(f)) and np.all(np.isfinite(c))):
             raise DataError("inputs hold NaN or inf values")
         b, h, w = f.shape
