@@ -15,11 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils import sampling, spectral
+from utils import pdes, sampling, spectral
 from utils.errors import DataError
 
 RATIO_RTOL = 1e-3           # AD: achieved ratio vs target, relative
-HELMHOLTZ_MAX_U = 2.0       # Helmholtz: redraw while max|u| exceeds this
 HELMHOLTZ_MAX_ATTEMPTS = 1000
 
 
@@ -189,13 +188,14 @@ def ad_block(cfg, key, pos, vf):
 
 
 def helmholtz_block(cfg, key, pos, vf):
+    max_u = pdes.get(cfg.pde).extra_attrs["max_abs_u"]    # redraw while max|u| exceeds it
     B = len(pos)
     out = None                             # (f, u, u_hat, tensor) of the block
     attempt = np.zeros(B, np.int64)
     todo = np.arange(B)
     while len(todo):
         if attempt[todo].max() >= HELMHOLTZ_MAX_ATTEMPTS:
-            raise DataError(f"Helmholtz: no sample with max|u| <= {HELMHOLTZ_MAX_U:g} in "
+            raise DataError(f"Helmholtz: no sample with max|u| <= {max_u:g} in "
                             f"{HELMHOLTZ_MAX_ATTEMPTS} draws (omega range too resonant?)")
         f, f_hat, c = _draw(cfg, key, pos[todo], vf[todo], attempt[todo])
         omega = sampling.integers_in(c[:, 0], int(cfg.lo), int(cfg.hi))
@@ -205,7 +205,7 @@ def helmholtz_block(cfg, key, pos, vf):
         if f_proj is not f_hat:            # solve_hat copies only when it projects
             hit = np.any(f_proj != f_hat, axis=(1, 2))
             f[hit] = spectral.irfft2(f_proj[hit], cfg.n)
-        ok = np.abs(u).max(axis=(1, 2)) <= HELMHOLTZ_MAX_U
+        ok = np.abs(u).max(axis=(1, 2)) <= max_u
         if out is None:                    # first draw of the whole block: keep as is
             out = (f, u, u_hat, tensor)
         else:                              # redraws: fill in the accepted ones
@@ -250,8 +250,6 @@ def darcy_block(cfg, key, pos, vf):
     (smooth) or 0.01 exp(s sign(g)) (--two_phase), s ~ U[s1, s2] the standard deviation of
     log a; batched PCG solve in float64 (utils/spectral.solve_darcy). Stored: tensor = (s,),
     field = a."""
-    from utils import pdes
-
     params = pdes.get(cfg.pde).extra_attrs
     f, _, c = _draw(cfg, key, pos, vf, np.zeros(len(pos), np.int64))
     s = _f32(sampling.uniform_in(c[:, 0], cfg.lo, cfg.hi))

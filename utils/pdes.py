@@ -179,7 +179,7 @@ register(PDESpec(
     ranges_env="HELM_RANGES", demo_ranges=("1,10",), paper_ranges=("1,10", "10,20"),
     label=lambda t, other: f"omega = {int(t[1])}",
     mixed=(0, 0, None, None, None, 1),           # K = t0 I, omega = t1
-    extra_attrs={"max_abs_u": 2.0}))             # gen_recipes.HELMHOLTZ_MAX_U
+    extra_attrs={"max_abs_u": 2.0}))       # the recipe redraws while max|u| exceeds it
 
 register(PDESpec(
     name="darcy", title="Darcy", summary="Darcy flow: -div(a(x) grad u) = f",
