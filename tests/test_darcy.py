@@ -245,3 +245,10 @@ def test_run_gen_data_makes_darcy_through_the_registry(tmp_path):
         [f"darcy_{s}_s0p25_0p5.h5" for s in ("train", "val", "test")]
         + ["darcy_train_s0p25_0p5_scales.npy"])
     assert np.load(tmp_path / "darcy_train_s0p25_0p5_scales.npy").shape == (5,)
+
+
+def test_darcy_has_no_mixed_layout(darcy_files):
+    from utils.mixed_data import coefficient_map
+
+    with pytest.raises(DataError, match="darcy has no mixed-physics layout"):
+        coefficient_map(darcy_files["train"], 1, "darcy")

@@ -80,7 +80,12 @@ class CoefficientMap:
 def coefficient_map(path, n_tensor, pde_attr=None):
     """CoefficientMap of the split file `path` from its coefficient width `n_tensor` and its
     `pde` attribute `pde_attr` (utils.h5io.SplitFile.pde; None: not checked)."""
-    return CoefficientMap(pde_of(path, n_tensor, pde_attr))
+    pde = pde_of(path, n_tensor, pde_attr)
+    try:
+        pdes.get(pde).to_mixed_columns()      # a PDE without a mixed layout fails here
+    except pdes.UnknownPDE as e:
+        raise MixedDataError(f"{path}: {e}") from None
+    return CoefficientMap(pde)
 
 
 def _file_stats(path):
