@@ -3,9 +3,10 @@
 ``get_data_loader(params, location, distributed, train) -> (loader, dataset, sampler)`` is the
 entry point (published signature). Each batch is ``(X, y)``:
 
-- ``X`` float32 (B, 1 + k, n, n): [f, t_0 .. t_{k-1} broadcast to n x n], divided by the
-  per-instance factor s = ||f||_2 * (Lx/n) * (Ly/n) / source_scale, coefficient channels
-  further divided by their scales (DESIGN.md section 5);
+- ``X`` float32 (B, 1 + k, n, n): [f, t_0 .. t_{k-1} broadcast to n x n] (or, for a PDE
+  whose registry input layout is a coefficient field, [f, its `coef_field` channels]),
+  divided by the per-instance factor s = ||f||_2 * (Lx/n) * (Ly/n) / source_scale,
+  coefficient channels further divided by their scales (DESIGN.md section 5);
 - ``y`` float32 (B, 1, n, n): the solution u, not scaled.
 
 Speed: the DataLoader hands a whole batch of indices to ``PDEDataset.__getitems__``, which reads
