@@ -26,8 +26,9 @@ import torch
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.checkpoint import (card_path_for, info_of, model_state_of,  # noqa: E402
-                              read_card, read_checkpoint, write_card)
+from utils import pdes  # noqa: E402
+from utils.checkpoint import (UNKNOWN_PDE, card_path_for, info_of,  # noqa: E402
+                              model_state_of, read_card, read_checkpoint, write_card)
 from utils.errors import CheckpointError, DataError, UserError  # noqa: E402
 from utils.run_layout import MODEL_CARD  # noqa: E402
 
