@@ -252,3 +252,12 @@ def test_darcy_has_no_mixed_layout(darcy_files):
 
     with pytest.raises(DataError, match="darcy has no mixed-physics layout"):
         coefficient_map(darcy_files["train"], 1, "darcy")
+
+
+def test_bad_range_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        gen_common.main("darcy", ["--s1", "0", "--datapath", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1] == ("error: --s1 must be positive: it is the standard "
+                                             "deviation of log a (got 0)")
+    assert os.listdir(tmp_path) == []

@@ -2,8 +2,7 @@
 """Generate train/val/test datasets of advection-diffusion (SYS-2): -div(K grad u) + v . grad u = f.
 
 Usage (from the repository root): python utils/gen_data_advdiff.py --help
-All logic is shared by the generators: utils/gen_common.py (command line), the registry
-utils/pdes.py (the facts of each PDE), utils/gen_recipes.py and utils/gen_pool.py.
+All logic lives in utils/gen_common.py (shared with the other three generators).
 """
 import os
 import sys

@@ -2,8 +2,8 @@
 """Generate train/val/test datasets of Darcy flow: -div(a(x) grad u) = f, a a log-normal field.
 
 Usage (from the repository root): python utils/gen_data_darcy.py --help
-All logic is shared by the generators: utils/gen_common.py (command line), the registry
-utils/pdes.py (the facts of each PDE), utils/gen_recipes.py and utils/gen_pool.py.
+All logic lives in utils/gen_common.py (shared with the other generators); the facts of
+Darcy flow are its entry in the registry utils/pdes.py.
 """
 import os
 import sys

@@ -2,8 +2,7 @@
 """Generate train/val/test datasets of Poisson (SYS-1): -div(K grad u) = f.
 
 Usage (from the repository root): python utils/gen_data_poisson.py --help
-All logic is shared by the generators: utils/gen_common.py (command line), the registry
-utils/pdes.py (the facts of each PDE), utils/gen_recipes.py and utils/gen_pool.py.
+All logic lives in utils/gen_common.py (shared with the other three generators).
 """
 import os
 import sys

@@ -39,16 +39,16 @@ MIXED_COLUMNS = ("K11", "K22", "K12", "v1", "v2", "omega")
 class CoefRange:
     """The sampled coefficient range of a PDE: flags --{lo} --{hi}, their type and defaults.
 
-    `lo_min` bounds the lower end (`lo_min_inclusive`: may equal it); `lo_error` is the
-    one-line message when it does not, formatted with lo.
+    `lo_min` bounds the lower end (`lo_min_inclusive`: may equal it; default: the lower end
+    must be positive); `lo_error` is the one-line message when it does not, formatted with lo.
     """
     flags: tuple[str, str]
     type: type
     defaults: tuple
     help: str
-    lo_min: float
-    lo_min_inclusive: bool
     lo_error: str
+    lo_min: float = 0.0
+    lo_min_inclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ register(PDESpec(
     coefficients=("K11", "K22", "K12"),
     coef_range=CoefRange(("e1", "e2"), float, (1.0, 5.0),
                          "eigenvalue e of K/0.01 = R^T diag(1, e) R, e ~ U[e1, e2]",
-                         0.0, False, "--e1 must be positive: K needs positive eigenvalues "
-                                     "(got {lo:g})"),
+                         "--e1 must be positive: K needs positive eigenvalues (got {lo:g})"),
     tag_prefix="k", script="gen_data_poisson.py", recipe="utils.gen_recipes:poisson_block",
     symbol="utils.spectral:diffusion_symbol",
     ranges_env="POISSON_RANGES", demo_ranges=("1,5",),
@@ -159,8 +158,8 @@ register(PDESpec(
     coefficients=("K11", "K22", "K12", "v1", "v2"),
     coef_range=CoefRange(("adr1", "adr2"), float, (0.2, 1.0),
                          "advection-to-diffusion ratio r ~ U[adr1, adr2]",
-                         0.0, False, "advection-to-diffusion ratio range must be positive "
-                                     "(got --adr1 {lo:g})"),
+                         "advection-to-diffusion ratio range must be positive (got --adr1 "
+                         "{lo:g})"),
     tag_prefix="adr", script="gen_data_advdiff.py", recipe="utils.gen_recipes:ad_block",
     symbol="utils.spectral:advdiff_symbol", other=True,
     ranges_env="AD_RANGES", demo_ranges=("0.2,1",), paper_ranges=("0.2,1", "1,2"),
@@ -173,7 +172,7 @@ register(PDESpec(
     coefficients=("t0", "omega"),
     coef_range=CoefRange(("o1", "o2"), int, (1, 10),
                          "integer wavenumber omega ~ U{o1, ..., o2}",
-                         0, True, "--o1 must be >= 0 (got {lo})"),
+                         "--o1 must be >= 0 (got {lo})", lo_min=0, lo_min_inclusive=True),
     tag_prefix="o", script="gen_data_helmholtz.py", recipe="utils.gen_recipes:helmholtz_block",
     symbol="utils.spectral:helmholtz_symbol",
     ranges_env="HELM_RANGES", demo_ranges=("1,10",), paper_ranges=("1,10", "10,20"),
@@ -189,8 +188,8 @@ register(PDESpec(
     coefficients=("s",),
     coef_range=CoefRange(("s1", "s2"), float, (0.5, 1.0),
                          "standard deviation s of log a, s ~ U[s1, s2]",
-                         0.0, False, "--s1 must be positive: the standard deviation of log a "
-                                     "(got {lo:g})"),
+                         "--s1 must be positive: it is the standard deviation of log a "
+                         "(got {lo:g})"),
     tag_prefix="s", script="gen_data_darcy.py", recipe="utils.gen_recipes:darcy_block",
     operator="utils.spectral:darcy_operator",
     ranges_env="DARCY_RANGES", demo_ranges=("0.5,1",), paper_ranges=("0.5,1", "1,2"),
