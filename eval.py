@@ -37,8 +37,11 @@ def main(argv=None):
     from utils.YParams import YParams, apply_overrides
     from utils.inferencer import run_eval
 
+    from models.fno import resolve_config
+
     params = YParams(args.yaml_config, args.config)
     apply_overrides(params, args.overrides)
+    resolve_config(params)   # model sizes (and that the weights fit in memory) before any work
     test_path = os.path.abspath(args.test_path) if args.test_path else params.get("test_path")
     if not test_path:
         raise ConfigError(f"config '{args.config}' has no test_path; pass --test_path")

@@ -71,15 +71,16 @@ def main(argv=None):
     configure_malloc()
     args = build_parser().parse_args(argv)
     from utils.errors import DataError, UserError
-    from utils.fileio import atomic_path
-    from utils.h5io import SplitFile
+    from utils.fileio import atomic_path, writing
+    from utils.h5io import SplitFile, check_finite
     from utils.pretrained import load_pretrained
 
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if os.path.exists(args.out) and not args.overwrite:
         raise DataError(f"{args.out} exists (pass --overwrite to replace it)")
-    if os.path.exists(args.out) and os.path.samefile(args.out, args.input):
+    if os.path.exists(args.out) and os.path.exists(args.input) and \
+            os.path.samefile(args.out, args.input):
         raise DataError("--out must not be the --input file")
     model = load_pretrained(args.weights, device=args.device)
     with SplitFile(args.input, "input file", need_tensor=True, need_solution=False) as sf:
@@ -88,7 +89,8 @@ def main(argv=None):
         warn_if_shifted(model, args.input, sf.h5)
         logging.info("%s: %d samples on a %dx%d grid (%s); %r", args.input, n, *grid, pde, model)
         rel = np.empty(n, np.float64) if has_solution else None
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with writing(args.out):
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as out:
             pred_ds = out.create_dataset("prediction", (n, *grid), dtype="<f4",
                                          chunks=(1, *grid))
@@ -98,6 +100,7 @@ def main(argv=None):
                 fields, tensor = sf.read(slice(i, j))
                 # the model's coefficient inputs: the tensor rows, or the coefficient fields
                 coef = tensor if sf.input_dataset == "tensor" else sf.read_coef_field(slice(i, j))
+                check_finite(args.input, i, fields, coef)   # no prediction or error from NaN
                 u = model.solve(fields[:, 0], coef, pde=pde, batch_size=args.batch_size)
                 pred_ds[i:j], tensor_ds[i:j] = u, tensor
                 if has_solution:

@@ -10,6 +10,8 @@
 # or one CPU process when there is no GPU. Extra arguments go to train.py (e.g. --set k=v).
 # Variables: CONFIG_FILE, CONFIG, RUN_NUM, ROOT_DIR, NGPU_PER_NODE (slurm, default 4),
 # NNODES (slurm, default SLURM_NNODES or 1), CPUS_PER_TASK (slurm, default 10), PYTHON.
+# -h, --help: this text (nothing else runs).
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")"
 

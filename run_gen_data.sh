@@ -11,6 +11,8 @@
 # AD_RANGES, HELM_RANGES, DARCY_RANGES (`python -m utils.pdes ranges_env PDE` names the
 # variable; the preset's defaults come from the registry); OVERWRITE=1 (regenerate existing
 # files). Re-running is safe: complete datasets and existing scales are skipped.
+# -h, --help: this text (nothing else runs).
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")"
 

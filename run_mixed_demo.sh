@@ -4,6 +4,8 @@
 # single-PDE demo models and the mixed model (same size and epochs), evaluates the mixed model
 # on each PDE's test set, fine-tunes it 5 epochs on each PDE, and prints the test errors.
 #   bash run_mixed_demo.sh          # ROOT=results/mixed_demo; resumable (finished runs skipped)
+# -h, --help: this text (nothing else runs).
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}

@@ -38,6 +38,8 @@
 # "steps"), ANALYSE_ONLY=1 (no training: figure and tables from the runs already there),
 # headline only: YAML / PT / FT / SC (config file and names of another
 # single transfer; its sweeps are named PREFIX_finetune / PREFIX_scratch).
+# -h, --help: this text (nothing else runs).
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck disable=SC2086

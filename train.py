@@ -88,19 +88,26 @@ def run_sweep_trial(params, args):
                            entity=params.get("entity"), project=params.get("project"))
 
 
+def eval_test_path(params, args):
+    """The test split of --eval_test; ConfigError when the config has none (checked before
+    training, so the missing key is not found only after it)."""
+    from utils.errors import ConfigError
+
+    if not params.get("test_path"):
+        raise ConfigError(f"config '{args.config}' has no test_path: --eval_test has nothing "
+                          f"to evaluate on")
+    return params.get("test_path")
+
+
 def evaluate_best(args):
     """eval.py on the run's best checkpoint and the config's test split, in this process: the
     config is read again (as eval.py reads it), not taken from the trainer, which fills in
     keys while it trains."""
-    from utils.errors import ConfigError
     from utils.inferencer import run_eval
 
     params = load_params(args)
-    if not params.get("test_path"):
-        raise ConfigError(f"config '{args.config}' has no test_path: --eval_test has nothing "
-                          f"to evaluate on")
     layout = RunLayout.of(args.root_dir, args.config, args.run_num)
-    return run_eval(params, layout.best_ckpt, params.get("test_path"), layout.eval_dir)
+    return run_eval(params, layout.best_ckpt, eval_test_path(params, args), layout.eval_dir)
 
 
 def train_and_evaluate(args):
@@ -115,6 +122,8 @@ def train_and_evaluate(args):
         from utils.run_guard import check_plain_name
         check_plain_name(args.sweep_id, "--sweep_id")
     params = load_params(args)
+    if args.eval_test:
+        eval_test_path(params, args)
     if args.sweep_id:
         run_sweep_trial(params, args)
         return None

@@ -90,13 +90,31 @@ def resolve_config(params):
         if _positive(fc_cut):
             fc_dim = int(embed_cut * fc_cut)
 
+    for name in ("in_dim", "out_dim", "fc_dim"):
+        if _param(params, name) is None:
+            raise FNOConfigError(f"FNO config needs '{name}'")
     cfg = dict(in_dim=int(_param(params, "in_dim")), out_dim=int(_param(params, "out_dim")),
                layers=layers, modes1=modes1, modes2=modes2, fc_dim=int(fc_dim),
                dropout=float(_param(params, "dropout") or 0.0))
     bad = {k: v for k, v in cfg.items() if k in ("in_dim", "out_dim", "fc_dim") and v < 1}
     if bad or min(layers) < 1 or min(modes1 + modes2) < 1:
         raise FNOConfigError(f"FNO sizes must be positive, got {cfg}")
+    check_fits_in_memory(cfg)
     return cfg
+
+
+def check_fits_in_memory(cfg):
+    """FNOConfigError when the float32 weights of FNO(**cfg) alone exceed the memory available
+    (a typo such as fc_dim: 1e15 would otherwise end in an allocator error, or in swap)."""
+    from utils.malloc_tuning import memory_available
+
+    n = count_parameters(cfg)
+    avail = memory_available()
+    if avail is not None and 4 * n > avail:
+        sizes = {k: cfg[k] for k in ("layers", "modes1", "modes2", "fc_dim")}
+        raise FNOConfigError(f"the FNO {sizes} has {n:.3g} parameters: {4 * n / 1e9:.3g} GB of "
+                             f"float32 weights alone, more than the {avail / 1e9:.3g} GB of "
+                             f"memory available")
 
 
 def count_parameters(cfg):

@@ -63,7 +63,11 @@ def is_path_key(key):
     return key.endswith("_path") or key == "pretrained"
 
 
-def _resolve(value, base):
+def resolve_path(value, base):
+    """A path value (str, or a list of them: a split of several files) with its relative
+    entries made absolute against `base`; other values unchanged."""
+    if isinstance(value, list):
+        return [resolve_path(v, base) for v in value]
     if isinstance(value, str) and value and not os.path.isabs(value):
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     return value
@@ -97,7 +101,7 @@ class YParams:
         validate(params, f"config '{config_name}' of {yaml_path}")   # types, ranges, names
         for key, value in params.items():
             if is_path_key(key):
-                params[key] = _resolve(value, REPO_ROOT)
+                params[key] = resolve_path(value, REPO_ROOT)
         # stored in __dict__ under a private name; everything else goes through _params
         self.__dict__["_params"] = params
 
@@ -197,6 +201,6 @@ def apply_overrides(params, items):
     overrides = validate(parse_overrides(items), "--set")
     for key, value in overrides.items():
         if is_path_key(key):
-            value = _resolve(value, os.getcwd())
+            value = resolve_path(value, os.getcwd())
         params[key] = value
     return overrides

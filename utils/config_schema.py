@@ -10,6 +10,8 @@ A config file only needs the keys that differ from these defaults (and the data 
     types     the Python types a value may have (YAML-loaded); None is allowed iff nullable
     choices   allowed values (strings), or None
     min       smallest allowed number, or None
+    max       largest allowed number, or None
+    below     numbers must be smaller than this (an open bound), or None
     required  'train' when train.py needs the key (no default), else None
     doc       one line
 `IGNORED` lists the published keys (configs of the original study) that the code accepts
@@ -47,6 +49,8 @@ class Key:
     choices: Optional[tuple] = None
     min: Optional[float] = None
     required: Optional[str] = None
+    max: Optional[float] = None
+    below: Optional[float] = None
 
 
 SCHEMA = {
@@ -89,7 +93,8 @@ SCHEMA = {
     "mode_cut": Key(0, (int,), "> 0: all modes = mode_cut (published override)", min=0),
     "embed_cut": Key(0, (int,), "> 0: all widths = embed_cut (published override)", min=0),
     "fc_cut": Key(0, NUM, "> 0 with embed_cut: fc_dim = embed_cut * fc_cut", min=0),
-    "dropout": Key(0.0, NUM, "dropout probability in the projection", nullable=True, min=0),
+    "dropout": Key(0.0, NUM, "dropout probability in the projection", nullable=True, min=0,
+                   below=1),
     "amp": Key(False, (bool,), "bf16 autocast on CUDA (FFTs stay float32)"),
     "compile": Key(False, (bool,), "torch.compile the model"),
     # --- optimisation (utils/trainer.py, utils/loss_utils.py)
@@ -135,7 +140,8 @@ SCHEMA = {
                         min=0),
     "grad_clip": Key(None, NUM, "max gradient 2-norm; null: no clipping", nullable=True,
                      min=0),
-    "seed": Key(0, (int,), "model initialisation, epoch order, n_train subset", min=0),
+    "seed": Key(0, (int,), "model initialisation, epoch order, n_train subset", min=0,
+                max=2 ** 32 - 1),   # numpy's seeds are 32-bit
     # --- fine-tuning (utils/finetune.py)
     "pretrained": Key(None, (str,), "weights to start from (the run's own checkpoint wins)",
                       nullable=True),
@@ -212,7 +218,7 @@ def _type_name(spec):
 
 
 def check_value(key, value):
-    """`value` checked against SCHEMA[key] (type, null, choices, min); returns it, an
+    """`value` checked against SCHEMA[key] (type, null, choices, bounds); returns it, an
     integral float turned into an int for an integer key (YAML reads 1e3 as a float).
     Raises ConfigError with one line otherwise."""
     from utils.errors import ConfigError
@@ -243,8 +249,13 @@ def check_value(key, value):
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, spec.choices))}, "
                           f"got {value!r}")
-    if spec.min is not None and not isinstance(value, (list, str)) and value < spec.min:
-        raise ConfigError(f"{key} must be >= {spec.min:g}, got {value!r}")
+    if not isinstance(value, (list, str, bool)):
+        if spec.min is not None and value < spec.min:
+            raise ConfigError(f"{key} must be >= {spec.min:g}, got {value!r}")
+        if spec.max is not None and value > spec.max:
+            raise ConfigError(f"{key} must be <= {spec.max}, got {value!r}")
+        if spec.below is not None and value >= spec.below:
+            raise ConfigError(f"{key} must be < {spec.below:g}, got {value!r}")
     return value
 
 

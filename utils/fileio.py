@@ -101,7 +101,9 @@ def atomic_path(path):
             _fsync_file(tmp)
             os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        # best effort: the error to report is the one above, not the clean-up's (on a
+        # read-only file system removing even a missing file fails with EROFS)
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
@@ -115,8 +117,9 @@ def write_text_atomic(path, text: str) -> None:
 
 
 def write_json_atomic(path, obj, indent: int = 2) -> None:
-    """JSON of `obj` (indented, trailing newline) to `path` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+    """JSON of `obj` (indented, trailing newline) to `path` atomically. NaN and inf are not
+    JSON: they raise ValueError before anything is written (callers refuse them first)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
 def write_csv_atomic(path, rows, fields) -> None:

@@ -23,7 +23,7 @@ from utils.errors import DataError
 from utils.gen_pool import BLOCK, WorkerPool, generate_split
 from utils.gen_recipes import GenConfig
 from utils.h5io import dataset_path, SPLITS
-from utils.malloc_tuning import configure_malloc
+from utils.malloc_tuning import configure_malloc, memory_available
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +122,6 @@ def _gb(nbytes):
     return f"{nbytes / 1e9:.3g} GB"
 
 
-def _mem_available():
-    """Bytes of memory available to new allocations (Linux MemAvailable; None elsewhere)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_resources(args, spec):
     """DataError before any work if the three files cannot fit the free disk space of
     --datapath, or the workers' buffers the available memory."""
@@ -146,7 +134,7 @@ def check_resources(args, spec):
     slots = 2 * args.workers if args.workers > 1 else 1
     memory = (slots * args.chunk_size * per_sample
               + args.workers * BLOCK * args.n * args.n * WORK_BYTES_PER_POINT)
-    avail = _mem_available()
+    avail = memory_available()
     if avail is not None and memory > avail:
         raise DataError(f"--n {args.n} with --workers {args.workers} --chunk_size "
                         f"{args.chunk_size} needs about {_gb(memory)} of memory, "

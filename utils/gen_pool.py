@@ -35,6 +35,7 @@ import numpy as np
 
 from utils import pdes, sampling, spectral
 from utils.errors import DataError
+from utils.fileio import writing
 from utils.gen_recipes import GenConfig
 from utils.h5io import SplitWriter
 from utils.malloc_tuning import configure_malloc
@@ -160,8 +161,11 @@ class WorkerPool:
     def __init__(self, workers: int, chunk_size: int, n: int, pde: str):
         self.n_slots, self.chunk_size = 2 * workers, chunk_size
         shapes = _out_shapes(pdes.get(pde), chunk_size, n, lead=(self.n_slots,))
-        raw = tuple(None if sh is None else multiprocessing.RawArray("f", math.prod(sh))
-                    for sh in shapes)
+        # the slots live in a file-backed arena (/dev/shm or the temp dir): creating it is a
+        # write, which a full disk or a file-size limit refuses (StorageError, exit status 3)
+        with writing("the workers' shared-memory buffers"):
+            raw = tuple(None if sh is None else multiprocessing.RawArray("f", math.prod(sh))
+                        for sh in shapes)
         self.slots = _slot_arrays(raw, shapes)
         ctx = (multiprocessing.get_context("fork")
                if "fork" in multiprocessing.get_all_start_methods() else None)

@@ -78,8 +78,9 @@ class SplitFile:
         or 'coef_field', the registry's layout of the file's PDE; 'tensor' for a file that
         names no registered PDE) and how many there are.
     Raises:
-        DataError: missing/unreadable file, or `fields` not (N, 2, H, W), `tensor` not (N, k),
-        `coef_field` not (N, c, H, W), or a PDE that needs `coef_field` without it.
+        DataError: missing/unreadable file, `fields` not (N, 2, H, W) with N >= 1, `tensor`
+            not (N, k), `coef_field` not (N, c, H, W), a PDE that needs `coef_field` without
+            it, or a dataset not of real numbers (strings, complex).
     """
 
     def __init__(self, path, what="data file", need_tensor=False, need_solution=True):
@@ -112,6 +113,8 @@ class SplitFile:
                             f"found {tuple(shape)}")
         self.has_solution = shape[1] == 2
         self.n_samples, self.shape = shape[0], (shape[2], shape[3])
+        if self.n_samples == 0:
+            raise DataError(f"{what} {path} holds no samples ('fields' is {tuple(shape)})")
         self.n_tensor = 0
         if "tensor" in f:
             tshape = f["tensor"].shape
@@ -123,6 +126,9 @@ class SplitFile:
             found = ", ".join(sorted(f.keys()))
             raise DataError(f"{what} {path} has no dataset 'tensor' (found: {found})")
         self.has_other = "other" in f
+        for name in ("fields", "tensor", "other", "coef_field"):
+            if name in f:
+                _check_real(f[name], f"{what} {path}: '{name}'")
         pde = f.attrs.get("pde")
         self.pde = pde.decode() if isinstance(pde, bytes) else (None if pde is None else str(pde))
         self.n_field = 0
@@ -173,6 +179,26 @@ class SplitFile:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _check_real(dataset, what):
+    """DataError unless the HDF5 dataset holds real numbers (h5py would read strings of
+    digits as numbers and drop imaginary parts silently)."""
+    kind = dataset.dtype.kind
+    if kind not in "fiu":
+        found = {"S": "strings", "U": "strings", "O": "strings or objects",
+                 "c": "complex numbers", "b": "booleans"}.get(kind, f"dtype {dataset.dtype}")
+        raise DataError(f"{what} holds {found}, not real numbers")
+
+
+def check_finite(what, first, *arrays):
+    """DataError naming the first sample (counting from `first`) of `arrays` (each (B, ...),
+    numpy or CPU torch) that holds NaN or inf: no error is computed from such a sample."""
+    ok = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        ok &= np.isfinite(np.asarray(a)).reshape(len(a), -1).all(axis=1)
+    if not ok.all():
+        raise DataError(f"{what}: sample {first + int(np.argmin(ok))} holds NaN or inf values")
 
 
 def split_info(path, what="data file"):

@@ -11,6 +11,7 @@ import torch
 from utils.config_schema import param
 from utils.errors import EvalError
 from utils.fileio import save_npy_atomic, savefig_atomic, write_json_atomic
+from utils.h5io import check_finite
 from utils.loss_utils import TrainingLoss, rel_l2
 from utils.run_layout import EVAL_EXAMPLES, EVAL_PER_SAMPLE, EVAL_SUMMARY
 
@@ -23,12 +24,15 @@ def autocast_context(device, amp):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, loss, amp=False, keep_per_sample=False, n_examples=0):
+def evaluate(model, loader, device, loss, amp=False, keep_per_sample=False, n_examples=0,
+             check_data=None):
     """Run `model` over every batch of `loader`; `loss` a utils.loss_utils.TrainingLoss.
 
     Returns dict: loss_sum, rel_l2_sum (sums over samples, float64), count; with
     keep_per_sample the arrays rel_l2 and loss (N,) in loader order; with n_examples > 0
     `examples` = (source, target, prediction) arrays (n, H, W) of the first samples.
+    check_data: a name of the data (e.g. its path): a batch holding NaN or inf is then a
+    DataError naming the sample (loader order), before the model sees it.
     """
     was_training = model.training
     model.eval()
@@ -38,6 +42,8 @@ def evaluate(model, loader, device, loss, amp=False, keep_per_sample=False, n_ex
     rels, losses, examples = [], [], []
     n_ex = 0
     for inputs, targets in loader:
+        if check_data is not None:
+            check_finite(check_data, count, inputs, targets)
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast_context(device, amp):
@@ -131,8 +137,12 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     model = fno(params).to(device)
     info = load_weights(model, weights)
     res = evaluate(model, loader, device, loss, param(params, "amp"), keep_per_sample=True,
-                   n_examples=n_examples)
+                   n_examples=n_examples, check_data=str(test_path))
     rel = res["rel_l2"]
+    bad = np.flatnonzero(~(np.isfinite(rel) & np.isfinite(res["loss"])))
+    if bad.size:   # finite data (checked above): the weights are broken; nothing is written
+        raise EvalError(f"{weights} predicts NaN or inf on {bad.size} of {rel.size} samples of "
+                        f"{test_path} (first: sample {int(bad[0])}); no result written")
     summary = dict(
         test_rel_l2_mean=float(res["rel_l2_sum"]) / res["count"],
         test_rel_l2_median=float(np.median(rel)),

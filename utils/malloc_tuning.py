@@ -15,6 +15,9 @@ step instead of oscillating; it is not a leak (the same chunks are reused every 
 Equivalent launch-time setting (what ``configure_malloc`` honours if already set):
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=17179869184``.
 Opt out with ``FNO_NO_MALLOC_TUNING=1``.
+
+``memory_available`` is the memory the checks before large allocations compare against (the
+generators' buffers, a model's weights).
 """
 import ctypes
 import logging
@@ -36,6 +39,18 @@ MMAP_THRESHOLD = 2**31 - 1
 TRIM_DISABLED = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely."
 
 _applied = False
+
+
+def memory_available():
+    """Bytes of memory available to new allocations (Linux MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _truthy(value):

@@ -39,9 +39,16 @@ from utils.run_layout import MODEL_CARD  # noqa: E402
 def _device(device):
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {device} is not a device name (auto, cpu, cuda, cuda:N)") \
+            from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {device} requested but there are only "
+                        f"{torch.cuda.device_count()} CUDA devices")
     return device
 
 

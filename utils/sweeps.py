@@ -77,7 +77,8 @@ from utils.lr_choice import choose_lr  # noqa: E402
 from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 from utils.sweep_workers import WorkerPool  # noqa: E402
-from utils.YParams import load_yaml, read_yaml  # noqa: E402
+from utils.YParams import (is_path_key, load_yaml, parse_overrides, read_yaml,  # noqa: E402
+                           resolve_path)
 
 logger = logging.getLogger(__name__)
 SWEEP_METHODS = ("grid", "random", "bayes")
@@ -295,11 +296,14 @@ def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None
 
 def apply_settings(params, settings):
     """Write a trial's settings into a params object (YParams or dict), logging each; the
-    settings are checked like --set values (utils/config_schema.validate)."""
+    settings are checked like --set values (utils/config_schema.validate) and relative paths
+    are, like theirs, relative to the current directory."""
     from utils.config_schema import validate
 
     settings = validate(dict(settings), "the sweep trial's settings")
     for key, value in settings.items():
+        if is_path_key(key):
+            value = resolve_path(value, os.getcwd())
         if key not in params:
             logger.info("sweep setting %s=%r: not in the config, added", key, value)
         params[key] = value
@@ -362,7 +366,7 @@ class LocalSweep:
         except UserError as e:
             raise SweepError(str(e)) from None
         self.sweep_dir = sweep_dir(self.root_dir, self.sweep_name)
-        self.sets = list(sets)
+        self.sets = absolute_path_sets(sets)
         self.tags = _parse_pairs(tags, "--tag")
         self.launcher = shlex.split(launcher) if launcher else []
         self.jobs = int(jobs)
@@ -677,6 +681,10 @@ class LocalSweep:
         path = os.path.join(self.sweep_dir, "sweep.json")
         fixed = {"config": self.config, "sets": sorted(self.sets)}
         old = _read_json(path)
+        if old is not None and isinstance(old.get("sets"), list):
+            # a sweep.json of a runner that passed relative --set paths on: its trials read
+            # them in the repository root, where they ran
+            old = dict(old, sets=sorted(absolute_path_sets(old["sets"], self.repo_root)))
         if old is None:
             write_text_atomic(path, json.dumps(fixed, indent=1) + "\n")
         elif {k: old.get(k) for k in fixed} != fixed:
@@ -824,6 +832,21 @@ class LocalSweep:
                                or "all trials", c["lr"], "lower" if c["edge"] == "low"
                                else "upper", [float(f"{lr:.6g}") for lr in c["lrs"]])
         return trials
+
+
+def absolute_path_sets(items, base=None):
+    """--set KEY=VALUE items with the relative paths of path keys (`*_path`, `pretrained`)
+    made absolute against `base` (default: the current directory): the trials run elsewhere
+    (the repository root), but a command-line path means the user's directory (DESIGN.md
+    section 7)."""
+    base = base or os.getcwd()
+    out = []
+    for item in items or []:
+        (key, value), = parse_overrides([item]).items()
+        if is_path_key(key) and resolve_path(value, base) != value:
+            item = f"{key}={yaml_text(resolve_path(value, base))}"
+        out.append(item)
+    return out
 
 
 def _parse_pairs(items, flag):

@@ -75,9 +75,12 @@ from utils.wandb_log import init_run, log_check
 
 
 def _check_params(params):
+    from models.fno import resolve_config
+
     for key in (k for k, spec in SCHEMA.items() if spec.required == "train"):
         if params.get(key) is None:
             raise ConfigError(f"config '{params.config_name}' has no '{key}'")
+    resolve_config(params)   # model sizes: consistent, and the weights fit in memory
     if params.get("scales_path") is None and params.get("scales") is None:
         raise ConfigError(f"config '{params.config_name}' has no 'scales_path' (it may be null "
                           f"only when 'pretrained' is a model that carries its scales)")

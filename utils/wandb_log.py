@@ -5,9 +5,27 @@ for its server, then the run logs offline (`wandb sync` uploads later), and if e
 it trains without W&B (metrics.jsonl has every check). `WANDB_MODE` is respected.
 """
 import logging
+import math
 import os
 
 WANDB_INIT_TIMEOUT_S = 10   # seconds W&B may take to reach its server before going offline
+
+
+def wandb_init_timeout():
+    """Seconds W&B may take to start: WANDB_INIT_TIMEOUT, or WANDB_INIT_TIMEOUT_S (with a
+    warning) when it is not a positive number: W&B never stops training."""
+    raw = os.environ.get("WANDB_INIT_TIMEOUT")
+    if raw is None:
+        return WANDB_INIT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        logging.warning("WANDB_INIT_TIMEOUT=%r is not a positive number of seconds: using %g",
+                        raw, WANDB_INIT_TIMEOUT_S)
+        return WANDB_INIT_TIMEOUT_S
+    return value
 
 
 def init_run(params, run_dir, run_name, wandb_dir):
@@ -25,7 +43,7 @@ def init_run(params, run_dir, run_name, wandb_dir):
               entity=params.entity, resume="allow")
     # W&B waits 90 s for its server by default (and needs a key): a training run must
     # not hang on it, nor die. Wait briefly, then log offline (`wandb sync` uploads later).
-    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+    timeout = wandb_init_timeout()
     try:
         return wandb.init(settings=wandb.Settings(init_timeout=timeout), **kw), True
     except Exception as e:
