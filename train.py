@@ -18,6 +18,7 @@ import logging
 
 from utils.cli import cli
 from utils.malloc_tuning import configure_malloc
+from utils.run_guard import record_stop_signals
 from utils.run_layout import RunLayout
 
 
@@ -110,11 +111,12 @@ def evaluate_best(args):
     return run_eval(params, layout.best_ckpt, eval_test_path(params, args), layout.eval_dir)
 
 
-def train_and_evaluate(args):
+def train_and_evaluate(args, after_training=None):
     """What `python train.py ARGS` does with parsed `args`, in this process: train (or run one
     W&B agent trial with --sweep_id), then the --eval_test evaluation on rank 0. Returns the
     summary dict of Trainer.fit (None for a --sweep_id trial). Errors raise (utils/errors.py);
-    the caller reports them. The sweep workers (utils/sweep_workers.py) call it per trial."""
+    the caller reports them. The sweep workers (utils/sweep_workers.py) call it per trial.
+    `after_training()`, if given, runs between training and the evaluation."""
     import torch.distributed as dist
 
     run_dir_of(args)   # plain names, before anything is read or written
@@ -128,6 +130,8 @@ def train_and_evaluate(args):
         run_sweep_trial(params, args)
         return None
     summary = run_training(params, args)
+    if after_training is not None:
+        after_training()
     if args.eval_test and not summary.get("stopped") and (
             not dist.is_initialized() or dist.get_rank() == 0):
         evaluate_best(args)
@@ -138,17 +142,24 @@ def train_and_evaluate(args):
 def main(argv=None):
     configure_malloc()
     args = build_parser().parse_args(argv)
-    import torch.distributed as dist
-
+    # before anything slow: SIGTERM/SIGUSR1 during start-up (imports, data, model, resume)
+    # stop the run cleanly before its first step (exit 0), as they do during training; the
+    # evaluation after it ends on a signal again, as eval.py does
+    restore_signals = record_stop_signals()
     try:
-        train_and_evaluate(args)
-        if dist.is_initialized():
-            # every rank is done before the group is torn down: a rank that destroys it while
-            # another is still in a gloo call can abort the process at exit
-            dist.barrier()
+        import torch.distributed as dist
+
+        try:
+            train_and_evaluate(args, after_training=restore_signals)
+            if dist.is_initialized():
+                # every rank is done before the group is torn down: a rank that destroys it
+                # while another is still in a gloo call can abort the process at exit
+                dist.barrier()
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        restore_signals()
     logging.shutdown()
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -108,6 +109,74 @@ def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monke
                for r in caplog.records)
 
 
+# ----------------------------------------------------------------------------- 2. symlinks
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "hyperparams.yaml",
+                                  "train_summary.json", "checkpoints", "checkpoints/ckpt.tar"])
+def test_symlinked_run_files_refused(setup, tmp_path, capsys, name):
+    """A run file that is a symbolic link (to an existing file outside, or dangling) is refused
+    in one line before anything is written; the outside target is untouched / not created."""
+    tmp, data, cfg = setup
+    run = tmp_path / "res/expts/tiny/0"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("precious\n")
+    link = run / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if name in (".lock", "checkpoints/ckpt.tar"):
+        link.symlink_to(outside / "victim")                  # an existing file outside
+    elif name == "checkpoints":
+        link.symlink_to(outside, target_is_directory=True)   # a directory outside
+    else:
+        link.symlink_to(outside / "new")                     # dangling: would be created
+    fails(train_cli.main, targs(cfg, tmp_path / "res"), capsys,
+          f"{link} is a symbolic link")
+    assert snapshot(outside) == {"victim": b"precious\n"}
+    assert os.path.islink(link)
+
+
+def test_symlinked_eval_outputs_refused(setup, tmp_path, capsys):
+    tmp, data, cfg = setup
+    train_cli.main(targs(cfg, tmp_path))
+    weights = tmp_path / "expts/tiny/0/checkpoints/ckpt_best.tar"
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    (out / "summary.json").symlink_to(victim)
+    fails(eval_cli.main, targs(cfg, tmp_path, "--weights", str(weights), "--out_dir", str(out)),
+          capsys, f"{out / 'summary.json'} is a symbolic link")
+    assert victim.read_text() == "precious" and os.listdir(out) == ["summary.json"]
+
+
+# ----------------------------------------------------------------------------- 4. data changed
+def test_resume_refuses_regenerated_data_and_accepts_a_copy(setup, tmp_path, capsys, caplog):
+    tmp, data, _ = setup
+    mine = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(16, 4, 4))
+    cfg = tiny_config(tmp_path, mine, max_epochs=1)
+    train_cli.main(targs(cfg, tmp_path / "res"))
+    ckpt = tmp_path / "res/expts/tiny/0/checkpoints/ckpt.tar"
+    # the same bytes copied away and back (new mtime): the same data, the run resumes
+    train = mine["train_path"]
+    shutil.copy(train, tmp_path / "copy.h5")
+    os.remove(train)
+    shutil.copy(tmp_path / "copy.h5", train)
+    train_cli.main(targs(cfg, tmp_path / "res", "--set", "max_epochs=2"))
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    # regenerated at the same path (another seed, same size): refused, naming the file
+    write_poisson_set(str(tmp_path / "data"), n=16, sizes=(16, 4, 4), seed=7)
+    before = ckpt.read_bytes()
+    fails(train_cli.main, targs(cfg, tmp_path / "res", "--set", "max_epochs=3"), capsys,
+          f"the data file {train} (train_path) changed since the checkpoint was written")
+    assert ckpt.read_bytes() == before
+    # a checkpoint written before fingerprints existed still resumes, with a warning
+    old = torch.load(ckpt, weights_only=True)
+    del old["data_fingerprints"]
+    torch.save(old, ckpt)
+    train_cli.main(targs(cfg, tmp_path / "res", "--set", "max_epochs=3"))
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3
+    assert any("no data fingerprints" in r.getMessage() for r in caplog.records)
+
+
 # ----------------------------------------------------------------------------- 5. card n_train
 @pytest.mark.parametrize("setting, expect", [("n_train=8", 8), ("subsample=4", 4)])
 def test_card_n_train_is_the_number_trained_on(setup, tmp_path, setting, expect):
@@ -156,3 +225,38 @@ def test_train_under_a_file_size_limit_exit_3_checkpoint_intact(setup, tmp_path)
     assert snapshot(ckpt_dir) == before      # previous checkpoints intact, no temporary left
 
 
+# ----------------------------------------------------------------------------- 17. early signals
+def _catches(pid, sig):
+    """True once process `pid` has a handler for `sig` (/proc SigCgt mask)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(l.split()[1], 16) for l in f if l.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_during_start_up_is_a_clean_stop(setup, tmp_path, sig):
+    """SIGTERM/SIGUSR1 right after train.py starts (while it imports torch and builds the
+    run): it stops before the first step, exit 0, no checkpoint and no temporary written;
+    the rerun trains normally."""
+    tmp, data, cfg = setup
+    cmd = [sys.executable, "train.py", *targs(cfg, tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not _catches(proc.pid, sig) and time.time() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"stopped by signal {int(sig)} before the first step" in err
+    assert "Traceback" not in err
+    run = tmp_path / "expts/tiny/0"
+    assert not (run / "checkpoints/ckpt.tar").exists()
+    assert not [p for p in snapshot(tmp_path) if ".tmp" in p]
+    train_cli.main(targs(cfg, tmp_path))
+    assert torch.load(run / "checkpoints/ckpt.tar", weights_only=True)["epoch"] == 1

@@ -16,6 +16,9 @@ and written here.
   (`pretrained: PATH`, `eval.py --weights`); `utils.pretrained.load_pretrained(path)` builds
   the model from the file alone for inference.
 - `save_checkpoint` writes a checkpoint (and the model card) atomically.
+- `data_fingerprints` identifies the data files a checkpoint was trained on (size and a
+  hash of their first and last MiB and HDF5 root attributes), so a resume can refuse files
+  regenerated since (`changed_data_file`).
 
 `model_info` (every checkpoint the trainer writes; plain types, so it loads with
 `torch.load(weights_only=True)`):
@@ -55,6 +58,7 @@ fine-tune and evaluate through a config as before.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -517,6 +521,63 @@ def scales_from_weights(params, weights):
     logging.info("normalisation scales from %s: %s", weights,
                  np.array2string(np.asarray(params["scales"]), precision=6))
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# data fingerprints (resume refuses data regenerated since the checkpoint)
+# --------------------------------------------------------------------------------------------
+# the data files a run reads, and how much of each file its fingerprint reads (start and end)
+DATA_KEYS = ("train_path", "val_path", "test_path", "scales_path")
+FINGERPRINT_BLOCK = 1 << 20
+
+
+def file_fingerprint(path):
+    """Cheap identity of a file's content: {size, sha256 (16 hex digits) of its first and
+    last MiB and, for HDF5, of its root attributes}. It reads at most 2 MiB of a file of any
+    size and ignores the file's name, place and times, so the same bytes moved, copied or
+    restored still match; a regenerated file (another seed, range, size or content) does not.
+    """
+    import h5py
+
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        digest.update(f.read(FINGERPRINT_BLOCK))
+        if size > FINGERPRINT_BLOCK:
+            f.seek(max(FINGERPRINT_BLOCK, size - FINGERPRINT_BLOCK))
+            digest.update(f.read(FINGERPRINT_BLOCK))
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as h5:
+            attrs = sorted((str(k), plain(v)) for k, v in h5.attrs.items())
+        digest.update(json.dumps(attrs).encode())
+    return dict(size=int(size), sha256=digest.hexdigest()[:16])
+
+
+def data_fingerprints(params):
+    """{key: [{file, size, sha256}, ...]} for each data key of DATA_KEYS that names existing
+    files (a list of files for a split made of several); stored in every checkpoint."""
+    from utils.data_utils import resolve_paths
+
+    out = {}
+    for key in DATA_KEYS:
+        value = params.get(key)
+        paths = resolve_paths(value) if isinstance(value, (list, tuple)) else [value]
+        if paths and all(isinstance(p, str) and os.path.isfile(p) for p in paths):
+            out[key] = [dict(file=p, **file_fingerprint(p)) for p in paths]
+    return out
+
+
+def changed_data_file(recorded, current):
+    """(path, key) of the first data file whose fingerprint differs between `recorded` (a
+    checkpoint's) and `current`; None when every file present in both is unchanged."""
+    for key, old in recorded.items():
+        new = current.get(key)
+        if not new or len(new) != len(old):
+            continue   # missing now (or a key that changed: the config check reports it)
+        for a, b in zip(old, new):
+            if (a.get("size"), a.get("sha256")) != (b["size"], b["sha256"]):
+                return b["file"], key
+    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -121,6 +121,10 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
 
     if not os.path.isfile(weights):
         raise EvalError(f"weights file not found: {weights}")
+    from utils.run_guard import refuse_symlinks
+
+    refuse_symlinks([os.path.join(out_dir, name) for name in
+                     (EVAL_SUMMARY, EVAL_PER_SAMPLE, EVAL_EXAMPLES)], "output folder")
     try:   # before the evaluation: an unwritable output folder is found at once
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write_test{os.getpid()}")

@@ -3,9 +3,12 @@ parent (DESIGN.md section 7, the run contract).
 
 - `check_plain_name`: config, run and sweep names become directory names below the results
   root; a name with a separator, `..` or a leading dot would write outside it (or hide).
+- `refuse_symlinks`: the files of a run directory are written in place, never through a link.
 - `DirLock`: an exclusive `fcntl.flock` on `{dir}/.lock`, held while a process works in the
   directory. The kernel drops it when the process dies (kill -9 included), so a crashed run
   never leaves it held; a second process refuses at once with one line.
+- `record_stop_signals`: SIGTERM / SIGUSR1 during train.py's start-up are recorded, and the
+  trainer stops cleanly before its first step, instead of the process dying half-way.
 - `die_with_parent`: Linux `prctl(PR_SET_PDEATHSIG)` for child processes (sweep trials,
   generator workers), so that killing the parent, even with kill -9, ends them too.
 """
@@ -24,6 +27,18 @@ log = logging.getLogger(__name__)
 
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]*")
 LOCK_NAME = ".lock"
+
+
+def refuse_symlinks(paths, what):
+    """UserError naming the first of `paths` that is a symbolic link (dangling or not).
+
+    The files of a run directory or an output folder are written in place (a lock, an
+    appended log): a link would make us truncate or append to a file elsewhere, outside the
+    directories the user named. The directories the user named may themselves be links."""
+    for path in paths:
+        if os.path.islink(path):
+            raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}): refused, the "
+                            f"files of a {what} are written in place; remove the link")
 
 
 def check_plain_name(value, what):
@@ -55,7 +70,7 @@ class DirLock:
 
         try:
             os.makedirs(self.path, exist_ok=True)
-            f = open(os.path.join(self.path, LOCK_NAME), "a+")
+            f = self._open()
         except OSError as e:
             raise UserError(f"cannot write in {self.what} {self.path}: "
                             f"{describe_os_error(e)}") from None
@@ -76,14 +91,22 @@ class DirLock:
         self.file = f
         return self
 
+    def _open(self):
+        """The lock file, created if needed; never through a symbolic link (UserError): the
+        holder's pid is written into it."""
+        path = os.path.join(self.path, LOCK_NAME)
+        refuse_symlinks([path], self.what)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        return os.fdopen(fd, "r+")
+
     def held_elsewhere(self):
         """True if another process holds the lock now (probe: take and release it)."""
         import fcntl
 
         p = os.path.join(self.path, LOCK_NAME)
-        if not os.path.exists(p):
+        if not os.path.lexists(p):
             return False
-        with open(p, "a+") as f:
+        with self._open() as f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -102,6 +125,37 @@ class DirLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_pending_stop = []   # stop signals received while only recorded (start-up of train.py)
+
+
+def _record_stop(signum, frame):
+    _pending_stop.append(signum)
+
+
+def record_stop_signals():
+    """From now on SIGTERM / SIGUSR1 only record themselves instead of ending the process
+    (exit 143 / 138): train.py calls it first thing, so a stop request during its start-up
+    (imports, data, model, resume) becomes a clean stop before the first step
+    (`pending_stop_signal`, read by the trainer). Main thread only.
+
+    Returns `restore()`: the previous handlers back, the record cleared (idempotent)."""
+    _pending_stop.clear()
+    old = {sig: signal.signal(sig, _record_stop) for sig in STOP_SIGNALS}
+
+    def restore():
+        while old:
+            sig, handler = old.popitem()
+            signal.signal(sig, handler)
+        _pending_stop.clear()
+    return restore
+
+
+def pending_stop_signal():
+    """The first stop signal recorded by `record_stop_signals` (None: none)."""
+    return _pending_stop[0] if _pending_stop else None
 
 
 _PR_SET_PDEATHSIG = 1

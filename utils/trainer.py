@@ -49,9 +49,9 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.checkpoint import (build_model_info, clean_state_dict, describe_load_error,
-                              load_weights, safe_torch_load, save_checkpoint,
-                              scales_from_weights)
+from utils.checkpoint import (build_model_info, changed_data_file, clean_state_dict,
+                              data_fingerprints, describe_load_error, load_weights,
+                              safe_torch_load, save_checkpoint, scales_from_weights)
 from utils.data_utils import get_data_loader
 from utils.distributed import get_rng_state, set_rng_state, set_seed, setup_distributed
 from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
@@ -63,7 +63,7 @@ from utils.inferencer import autocast_context, evaluate
 from utils.loss_utils import TrainingLoss
 from utils.optim import (PlateauSchedule, adapt_cosine_period, build_optimizer,
                          build_scheduler, check_interval, early_stop_update, epochs_for_steps)
-from utils.run_guard import DirLock
+from utils.run_guard import DirLock, pending_stop_signal, refuse_symlinks
 from utils.run_layout import RunLayout
 from utils.wandb_log import init_run, log_check
 
@@ -186,6 +186,7 @@ class Trainer:
         self.best_val_rel_l2 = math.inf
         self.best_epoch = 0
         self.best_step = 0
+        self.data_fingerprints = data_fingerprints(params)   # checked on resume, saved
         self.resumed = os.path.isfile(self.ckpt_path)
         if self.resumed:
             self._restore(self.ckpt_path)
@@ -218,8 +219,13 @@ class Trainer:
         """Rank 0 takes the run directory's lock (held until `close`/process exit); every rank
         raises UserError if it is held by another process (one run per directory)."""
         held = []
-        self._on_root(lambda: held.append(DirLock(self.run_dir, "run directory").acquire()),
-                      "lock the run directory", UserError)
+
+        def lock():
+            lay = self.layout   # files written in place or replaced: never through a link
+            refuse_symlinks([lay.ckpt_dir, lay.ckpt, lay.best_ckpt, lay.model_card,
+                             lay.hyperparams, lay.metrics, lay.train_summary], "run directory")
+            held.append(DirLock(self.run_dir, "run directory").acquire())
+        self._on_root(lock, "lock the run directory", UserError)
         return held[0] if held else None
 
     def close(self):
@@ -242,7 +248,8 @@ class Trainer:
             best_val_rel_l2=self.best_val_rel_l2, best_epoch=self.best_epoch,
             best_step=self.best_step, early_stop=self._early_stop_state(),
             rng_state=get_rng_state(), world_size=self.world,
-            config=self.params.to_dict(), model_info=self._model_info(at_check))
+            config=self.params.to_dict(), model_info=self._model_info(at_check),
+            data_fingerprints=self.data_fingerprints)
 
     def _early_stop_state(self):
         return dict(best=self.stop_best, bad_checks=self.stop_bad_checks,
@@ -322,6 +329,7 @@ class Trainer:
                     f"cannot resume {self.run_dir} with other settings than its checkpoint "
                     f"({'; '.join(diff)}); restore them or use a new --run_num (may change on "
                     f"resume: {', '.join(RESUME_SAFE_KEYS)})")
+        self._check_data_unchanged(ckpt, path)
         try:
             self.raw_model.load_state_dict(clean_state_dict(ckpt.get("lora_state")
                                                             or ckpt["model_state"]))
@@ -354,6 +362,21 @@ class Trainer:
                             "restarting epoch %d", old_world, self.world, self.epoch + 1)
             self.iters -= self.step_in_epoch
             self.step_in_epoch, self.partial = 0, None
+
+    def _check_data_unchanged(self, ckpt, path):
+        """DataError naming a data file whose content differs from the one the checkpoint
+        was trained on (regenerated at the same path); a warning for a checkpoint written
+        before fingerprints were recorded."""
+        recorded = ckpt.get("data_fingerprints") if isinstance(ckpt, dict) else None
+        if not isinstance(recorded, dict):
+            logging.warning("%s has no data fingerprints (written by an older version): "
+                            "resuming without checking that the data files are unchanged", path)
+            return
+        changed = changed_data_file(recorded, self.data_fingerprints)
+        if changed:
+            raise DataError(f"cannot resume {self.run_dir}: the data file {changed[0]} "
+                            f"({changed[1]}) changed since the checkpoint was written (another "
+                            f"size or content: regenerated?); restore it or use a new --run_num")
 
     def _write_hyperparams(self):
         hp = self.params.to_dict()
@@ -399,7 +422,9 @@ class Trainer:
             write_text_atomic(self.metrics_path, "".join(keep))
 
     def _append_metrics(self, row):
-        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        with writing(self.metrics_path), os.fdopen(os.open(self.metrics_path, flags, 0o644),
+                                                    "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # ---------------------------------------------------------------- signals
@@ -410,6 +435,8 @@ class Trainer:
         logging.warning("received signal %d: finishing this step, then checkpoint and exit", signum)
 
     def _install_signal_handlers(self):
+        # a stop requested while the run started (train.py records it: run_guard)
+        self._stop_signal = self._stop_signal or pending_stop_signal()
         self._old_handlers = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
@@ -438,6 +465,13 @@ class Trainer:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         stop, bad, due = flags.tolist()
         return stop > 0, bad > 0, due > 0
+
+    def _stop_requested(self):
+        """True when a stop signal reached any rank (collective under DDP)."""
+        flag = torch.tensor([float(self._stop_signal is not None)], device=self.device)
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
 
     # ---------------------------------------------------------------- training
     def _interval_sums(self):
@@ -607,11 +641,17 @@ class Trainer:
         """Train to the end of the run. Returns the summary dict (also in train_summary.json),
         or dict(stopped=True, ...) after a SIGTERM/SIGUSR1 checkpoint."""
         wandb_run, own_run = None, False
-        if self.is_root and self.params.log_to_wandb:
-            wandb_run, own_run = init_run(self.params, self.run_dir, self.run_name,
-                                          self.layout.wandb_dir)
         self._install_signal_handlers()
         try:
+            if self._stop_requested():   # a signal during start-up, on any rank
+                logging.warning("stopped by signal %s before the first step; nothing new to "
+                                "checkpoint, rerun the same command to %s",
+                                self._stop_signal or "(another rank)",
+                                "resume" if self.resumed else "start")
+                return dict(stopped=True, epoch=self.epoch, iters=self.iters)
+            if self.is_root and self.params.log_to_wandb:
+                wandb_run, own_run = init_run(self.params, self.run_dir, self.run_name,
+                                              self.layout.wandb_dir)
             self._reset_interval()
             if self.partial and self.is_root:   # the restored sums are global: rank 0 adds them
                 self._loss_sum += float(self.partial["loss_sum"])
