@@ -66,8 +66,8 @@ def test_eval_never_rewrites_a_shipped_model_card(tmp_path, capsys):
 
 
 def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monkeypatch, caplog):
-    """The card beside a run's checkpoint takes the result of that run's own test split; another
-    test file, or a NaN result, leaves it untouched; a card that cannot be written (read-only
+    """The card beside a run's checkpoint takes the result of that run's own test split; a test
+    file of another distribution (here: grid), or a NaN result, leaves it untouched; a card that cannot be written (read-only
     location) is a warning, the evaluation still succeeds (exit 0)."""
     from utils import checkpoint
     from utils.errors import StorageError
@@ -76,9 +76,9 @@ def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monke
     train_cli.main(targs(cfg, tmp_path))
     weights = tmp_path / "expts/tiny/0/checkpoints/ckpt_best.tar"
     card = weights.parent / "model_card.json"
-    other = tmp_path / "elsewhere/poisson_test_k1_5.h5"       # same name, another file
+    other = tmp_path / "elsewhere/poisson_test_k1_5.h5"       # same name, another grid
     other.parent.mkdir()
-    fields, tensor = poisson_samples(3, 16, seed=9)
+    fields, tensor = poisson_samples(3, 32, seed=9)
     write_split(str(other), fields, tensor, "test")
     before = card.read_bytes()
     eval_cli.main(targs(cfg, tmp_path, "--weights", str(weights), "--test_path", str(other),

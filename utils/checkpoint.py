@@ -44,7 +44,7 @@ and written here.
 Model card: the trainer writes `model_card.json` (the model_info of ckpt_best.tar plus
 `weights`) beside ckpt_best.tar with every new best. eval.py never rewrites a checkpoint, nor
 the card of an exported / shipped model; it records its result in the card of a training run
-only when it evaluates that run on its own test split (`record_test_result` has the rule):
+only when it evaluates that run on its own test split or distribution (`record_test_result`):
 under `evaluations[test file name]`, and under `metrics.test` when the test file comes from
 the training distribution (same PDE, coefficient range, grid and source parameters, see
 `same_distribution`). `export_pretrained` (python utils/pretrained.py export ...)
@@ -634,12 +634,13 @@ def record_test_result(weights, summary, rel_l2, run_config=None):
     below allows it. Returns the card path, or None when the card was left as it is.
 
     The rule (DESIGN.md section 9): a card takes a test result only from an evaluation of
-    its own training run on that run's test split, that is when
+    its own training run on that run's test split or distribution, that is when
     - the weights are a training checkpoint: they carry their training config `run_config`
       (an exported or shipped `model.pt` carries none, so its card is never rewritten);
     - the card beside them describes them (its `weights` is their file name);
-    - the test file is the file the run's config names as `test_path` (the same file);
-    - the mean error is finite (a NaN result is never recorded).
+    - the test file is the file the run's config names as `test_path` (the same file), or
+      has the training distribution (`same_distribution`: e.g. fresh samples of it);
+    - the errors are finite (a NaN result is never recorded).
     The result goes under `evaluations[test file]`, and under `metrics.test` when the test
     file has the training distribution (`same_distribution`). A card that cannot be written
     (read-only location, full disk) is a warning: the evaluation's own outputs are written.
@@ -649,16 +650,17 @@ def record_test_result(weights, summary, rel_l2, run_config=None):
     path = card_path_for(weights)
     if not (isinstance(run_config, dict) and os.path.isfile(path)):
         return None
-    if not _same_file(run_config.get("test_path"), summary["test_path"]):
-        return None   # another test file: its result lives in the eval output folder only
-    rel_l2 = np.asarray(rel_l2, np.float64)
-    if rel_l2.size == 0 or not np.all(np.isfinite(rel_l2)):
-        logging.warning("model card %s left unchanged: the test error is not finite", path)
-        return None
     card = read_card(path)
     if card.get("weights") != os.path.basename(weights):
         return None  # the card describes another file of this directory (ckpt_best.tar)
     attrs = describe_data_file(summary["test_path"])
+    if not (_same_file(run_config.get("test_path"), summary["test_path"])
+            or same_distribution(card, attrs)):
+        return None   # zero-shot, another grid: the result lives in the eval output folder
+    rel_l2 = np.asarray(rel_l2, np.float64)
+    if rel_l2.size == 0 or not np.all(np.isfinite(rel_l2)):
+        logging.warning("model card %s left unchanged: the test error is not finite", path)
+        return None
     result = dict(rel_l2_mean=float(rel_l2.mean()), rel_l2_median=float(np.median(rel_l2)),
                   rel_l2_std=float(rel_l2.std(ddof=1)) if rel_l2.size > 1 else 0.0,
                   n_test=int(rel_l2.size), test_loss=summary.get("test_loss"),
