@@ -261,3 +261,18 @@ def test_bad_range_is_one_clear_line(tmp_path, capsys):
     assert e.value.code == 2 and err[-1] == ("error: --s1 must be positive: it is the standard "
                                              "deviation of log a (got 0)")
     assert os.listdir(tmp_path) == []
+
+
+def test_split_cache_keeps_the_coefficient_field(darcy_files):
+    """A long-lived sweep worker caches whole splits (data_utils.SplitCache): for a Darcy file
+    the cached inputs are the coef_field channels, equal to the file's."""
+    from utils.data_utils import SplitCache
+    cache = SplitCache(max_bytes=1 << 30)
+    with SplitFile(darcy_files["train"]) as sf:
+        want = sf.read_inputs(np.array([1, 5, 9]))
+        entry = cache.split(darcy_files["train"], sf)
+    assert entry is not sf and cache.misses == 1
+    got = entry.read_inputs(np.array([1, 5, 9]))
+    assert got[1].shape == (3, 1, N_GRID, N_GRID)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

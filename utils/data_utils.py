@@ -185,21 +185,23 @@ def file_identity(path):
 
 
 class _SplitInMemory:
-    """A split file's arrays in memory, read like `SplitFile.read` (fresh float32 copies)."""
+    """A split file's model inputs in memory, read like `SplitFile.read_inputs` (fresh float32
+    copies): fields (N, 2, H, W) and the coefficient inputs, `tensor` rows (N, k) or
+    `coef_field` (N, c, H, W)."""
 
-    def __init__(self, fields, tensor):
-        self.fields, self.tensor = fields, tensor
-        self.nbytes = fields.nbytes + tensor.nbytes
+    def __init__(self, fields, inputs):
+        self.fields, self.inputs = fields, inputs
+        self.nbytes = fields.nbytes + inputs.nbytes
 
-    def read(self, sel):
-        return np.array(self.fields[sel]), np.array(self.tensor[sel])
+    def read_inputs(self, sel):
+        return np.array(self.fields[sel]), np.array(self.inputs[sel])
 
 
 class SplitCache:
     """Whole split files kept in memory by a process that builds many datasets in a row.
 
     Only `in_memory` datasets use it: `split(path, sf)` returns the file's arrays (read once
-    with `sf`, an open SplitFile of `path`) behind SplitFile's `read(sel)`, so a dataset
+    with `sf`, an open SplitFile of `path`) behind SplitFile's `read_inputs(sel)`, so a dataset
     built from the cache holds exactly the values it would read from the file. Entries are
     keyed by `file_identity`: a file rewritten since it was read is read again. Least
     recently used files are dropped beyond `max_bytes`; a larger file is not cached.
@@ -219,13 +221,14 @@ class SplitCache:
             return hit
         self.misses += 1
         h, w = sf.shape
-        size = sf.n_samples * (2 * h * w + sf.n_tensor) * 4
+        per_input = 1 if sf.input_dataset == "tensor" else h * w
+        size = sf.n_samples * (2 * h * w + sf.n_inputs * per_input) * 4
         if size > self.max_bytes:
             return sf
-        entry = _SplitInMemory(*sf.read(slice(None)))
+        entry = _SplitInMemory(*sf.read_inputs(slice(None)))
         if file_identity(path) != key:   # changed while it was read: use it once, keep nothing
             return entry
-        entry.fields.flags.writeable = entry.tensor.flags.writeable = False
+        entry.fields.flags.writeable = entry.inputs.flags.writeable = False
         while self._files and sum(e.nbytes for e in self._files.values()) + entry.nbytes \
                 > self.max_bytes:
             self._files.pop(next(iter(self._files)))
