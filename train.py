@@ -22,6 +22,17 @@ from utils.run_guard import record_stop_signals
 from utils.run_layout import RunLayout
 
 
+def _count(text):
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
+    return value
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--yaml_config", required=True, help="YAML file with named configs")
@@ -33,6 +44,10 @@ def build_parser():
     p.add_argument("--sweep_id", default=None, help="W&B sweep id (one agent trial)")
     p.add_argument("--eval_test", action="store_true",
                    help="after training, evaluate ckpt_best.tar on the test split (rank 0)")
+    p.add_argument("--eval_examples", type=_count, default=4, metavar="N",
+                   help="samples drawn in the --eval_test figure eval/examples.png (0: no "
+                        "figure; sweeps pass 0, the figure costs more than a small trial's "
+                        "evaluation)")
     return p
 
 
@@ -108,7 +123,8 @@ def evaluate_best(args):
 
     params = load_params(args)
     layout = RunLayout.of(args.root_dir, args.config, args.run_num)
-    return run_eval(params, layout.best_ckpt, eval_test_path(params, args), layout.eval_dir)
+    return run_eval(params, layout.best_ckpt, eval_test_path(params, args), layout.eval_dir,
+                    n_examples=args.eval_examples)
 
 
 def train_and_evaluate(args, after_training=None):

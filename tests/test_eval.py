@@ -65,17 +65,19 @@ def test_eval_other_resolution(trained, tmp_path):
 def test_train_eval_test_matches_eval(trained, tmp_path):
     """train.py --eval_test (the sweep trial's evaluation, in the training process) writes what
     eval.py writes for the best checkpoint: the full test split whatever the training subset."""
-    import argparse
-
     import train
 
     tmp, data, cfg, weights = trained
-    args = argparse.Namespace(yaml_config=cfg, config="tiny", run_num="0",
-                              root_dir=str(tmp / "res"), overrides=["n_train=8"])
-    got = train.evaluate_best(args)
+    argv = ["--yaml_config", cfg, "--config", "tiny", "--run_num", "0",
+            "--root_dir", str(tmp / "res"), "--set", "n_train=8", "--eval_test"]
+    got = train.evaluate_best(train.build_parser().parse_args(argv))
     ref = run_eval(YParams(cfg, "tiny"), weights, data["test_path"], str(tmp_path / "ref"))
     assert got["n_test"] == 11 and got["weights"] == os.path.abspath(weights)
     for key in ("test_rel_l2_mean", "test_rel_l2_median", "test_loss"):
         assert got[key] == pytest.approx(ref[key], rel=1e-6), key
     written = json.load(open(tmp / "res/expts/tiny/0/eval/summary.json"))
     assert written["test_rel_l2_mean"] == got["test_rel_l2_mean"]
+    assert (tmp / "res/expts/tiny/0/eval/examples.png").stat().st_size > 1000
+    # a sweep trial's evaluation (--eval_examples 0): the same numbers, no figure
+    again = train.evaluate_best(train.build_parser().parse_args(argv + ["--eval_examples", "0"]))
+    assert again["test_rel_l2_mean"] == got["test_rel_l2_mean"]

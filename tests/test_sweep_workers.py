@@ -196,6 +196,7 @@ def test_sigterm_then_kill_9_of_the_runner_then_rerun_finishes(tmp_path):
         summary = json.loads((run / name / "eval" / "summary.json").read_text())
         assert float(r["test_rel_l2_mean"]) == pytest.approx(summary["test_rel_l2_mean"])
         assert summary["n_test"] == 8
+        assert not (run / name / "eval" / "examples.png").exists()   # no figure per trial
         hp = yaml.safe_load((run / name / "hyperparams.yaml").read_text())
         assert hp["lr"] == float(r["lr"])
         assert _epochs(run, name) == list(range(1, 41))     # each epoch once

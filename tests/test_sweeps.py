@@ -75,6 +75,7 @@ for a in ("--yaml_config", "--config", "--run_num", "--root_dir", "--weights"):
     p.add_argument(a)
 p.add_argument("--set", action="append", default=[])
 p.add_argument("--eval_test", action="store_true")
+p.add_argument("--eval_examples", type=int)
 a = p.parse_args()
 s = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.set)}
 run = os.path.join(a.root_dir, "expts", a.config, a.run_num)

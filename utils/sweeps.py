@@ -480,8 +480,9 @@ class LocalSweep:
                   "--root_dir", self.sweep_dir, "--run_num", name]
         # --eval_test: the trial's test evaluation in the training process (saves starting a
         # second one); the evaluation alone is the fallback when it did not happen (e.g. a
-        # trial trained by an earlier runner)
-        return common + sets + ["--eval_test"], common + eval_sets
+        # trial trained by an earlier runner). No examples figure per trial: drawing it took
+        # longer than the evaluation itself (benchmarks/README.md, bench_sweep)
+        return common + sets + ["--eval_test", "--eval_examples", "0"], common + eval_sets
 
     def _commands(self, name, settings):
         """The subprocess commands of a trial: train.py --eval_test, eval.py."""
