@@ -68,9 +68,8 @@ from utils.run_layout import RunLayout
 from utils.wandb_log import init_run, log_check
 
 
-
 # --------------------------------------------------------------------------------------------
-# optimizer and schedule (published keys: optimizer, lr, scheduler, max_cosine_lr_epochs)
+# config checks (the optimizer and schedule live in utils/optim.py)
 # --------------------------------------------------------------------------------------------
 
 
