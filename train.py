@@ -82,13 +82,13 @@ def run_training(params, args, run_dir=None):
 
 
 def run_sweep_trial(params, args):
-    """`--sweep_id ID`: one W&B sweep trial on every rank (utils/sweeps.run_wandb_trial).
+    """`--sweep_id ID`: one W&B sweep trial on every rank (utils/sweep_files.run_wandb_trial).
 
     Rank 0 runs the W&B agent (count=1) and reads the trial's settings from wandb.config;
     torch.distributed broadcasts them to all ranks; each rank trains with the settings into
     {root_dir}/sweeps/ID/{trial name}/. Returns that run directory (None: no trial left).
     """
-    from utils.sweeps import apply_settings, record_trial_summary, run_wandb_trial
+    from utils.sweep_files import apply_settings, record_trial_summary, run_wandb_trial
     from utils.distributed import setup_distributed
 
     _, rank, _, _ = setup_distributed()   # the broadcast needs the process group now

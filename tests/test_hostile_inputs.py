@@ -251,7 +251,7 @@ def test_read_only_destination_reports_the_write_error(trained, tmp_path, capsys
 
 # ----------------------------------------------------------------------------- 3. sweeps
 def test_sweep_set_paths_are_relative_to_the_users_directory(tmp_path, monkeypatch):
-    from utils import sweeps
+    from utils import sweep_files, sweeps
 
     (tmp_path / "ops.yaml").write_text("base: {lr: 1.0}\n")
     cfg = {"method": "grid", "parameters": {"lr": {"values": [1e-3]}}}
@@ -278,7 +278,7 @@ def test_sweep_set_paths_are_relative_to_the_users_directory(tmp_path, monkeypat
     assert failed == [] and os.path.isfile(path)
     # a W&B trial's settings: the same rule
     monkeypatch.chdir(user)
-    params = sweeps.apply_settings({}, {"scales_path": "rel/s.npy", "lr": 1e-3})
+    params = sweep_files.apply_settings({}, {"scales_path": "rel/s.npy", "lr": 1e-3})
     assert params == {"scales_path": str(user / "rel/s.npy"), "lr": 1e-3}
 
 

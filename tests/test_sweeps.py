@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils import sweeps
+from utils import sweep_files, sweeps
 from utils.sweeps import LocalSweep, SweepError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,7 +331,7 @@ DDP_SCRIPT = r'''
 import json, os, sys
 import torch.distributed as dist
 sys.path.insert(0, {repo!r})
-from utils.sweeps import run_wandb_trial
+from utils.sweep_files import run_wandb_trial
 
 dist.init_process_group("gloo")
 rank, out = dist.get_rank(), sys.argv[1]
@@ -435,8 +435,8 @@ def test_wandb_agent_failure_is_one_line_error(tmp_path):
     def bad_agent(*a, **k):
         raise RuntimeError("No API key configured.\nsecond line")
     with pytest.raises(SweepError, match=r"ran no trial: RuntimeError: No API key configured\.$"):
-        sweeps.run_wandb_trial("x", str(tmp_path), lambda s, d: None, rank=0, agent=bad_agent,
-                               init=object)
+        sweep_files.run_wandb_trial("x", str(tmp_path), lambda s, d: None, rank=0,
+                                    agent=bad_agent, init=object)
 
 
 # ----------------------------------------------------------------------------- lifecycle (issue 8)

@@ -1,36 +1,28 @@
-"""Hyper-parameter sweeps: W&B sweep files run locally, and W&B agent trials under DDP.
+"""The local sweep runner: a W&B sweep file's trials, run without a W&B server, resumably.
 
-One sweep file (`configs/sweep_config.yaml`, W&B format) serves two ways of running it:
+`python utils/sweeps.py --sweep ... --yaml_config ... --config ... --root_dir ...` reads the
+sweep file and lists its trials (utils/sweep_files.py: the grid, or `random`/`bayes` trials
+sampled offline with W&B's open-source `sweeps` engine when installed) and runs each trial as
+`train.py --eval_test` (training, then the test evaluation of the best checkpoint in the same
+process; the evaluation alone when a trial was trained without it): by default in one of
+`--jobs` long-lived worker processes that run trial after trial in-process (`--trial_mode
+worker`, utils/sweep_workers.py), or as one subprocess per trial (`--trial_mode process`:
+`train.py`, then `eval.py` if needed; also with `--launcher`). With a W&B server, a trial is
+`train.py --sweep_id ID` instead (utils/sweep_files.run_wandb_trial).
+Layout, under `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
 
-* with a W&B server: `train.py --sweep_id ID` calls `run_wandb_trial`, which runs ONE agent
-  trial on rank 0, reads the trial's settings from `wandb.config` and broadcasts them to every
-  rank with torch.distributed (no MPI). Its run directory is `{root_dir}/sweeps/{ID}/{name}/`;
-  the trainer logs each epoch into the trial's W&B run and `record_trial_summary` adds the
-  final summary (the sweep metric `best_val_rel_l2`).
-* without a server: `python utils/sweeps.py --sweep ... --yaml_config ... --config ...
-  --root_dir ...` expands the grid (or samples `random`/`bayes` trials offline with W&B's
-  open-source `sweeps` engine when installed) and runs each trial as `train.py --eval_test`
-  (training, then the test evaluation of the best checkpoint in the same process; the
-  evaluation alone when a trial was trained without it): by default in one of `--jobs`
-  long-lived worker processes that run trial after trial in-process
-  (`--trial_mode worker`, utils/sweep_workers.py), or as one subprocess per trial
-  (`--trial_mode process`: `train.py`, then `eval.py` if needed; also with `--launcher`).
-  Layout, under `sweep_dir = {root_dir}/sweeps/{sweep_name}/`:
+    results.csv                       one row per trial: settings, n_train, errors
+                                      (utils/sweep_results.py)
+    trials.json                       the proposed trials (random/bayes only; for resume)
+    logs/{trial}.train.log, .eval.log trial output (appended on resume)
+    logs/workers.log                  the workers' output between trials
+    expts/{config}/{trial}/           the trial's train.py run dir (train.py is called with
+                                      --root_dir {sweep_dir} --run_num {trial}); the test
+                                      evaluation writes eval/summary.json inside it
 
-      results.csv                       one row per trial: settings, n_train, errors
-      trials.json                       the proposed trials (random/bayes only; for resume)
-      logs/{trial}.train.log, .eval.log trial output (appended on resume)
-      logs/workers.log                  the workers' output between trials
-      expts/{config}/{trial}/           the trial's train.py run dir (train.py is called with
-                                        --root_dir {sweep_dir} --run_num {trial}); the test
-                                        evaluation writes eval/summary.json inside it
-
-  A trial is done when its `eval/summary.json` exists; done trials are skipped, so an
-  interrupted sweep resumes (train.py itself resumes a half-trained trial from its own
-  checkpoint).
-
-Trial names come from the settings only (`lr1em3_s16`, `lr1em3_n64_seed2`), so they are stable
-across runs and machines and are safe as file names.
+A trial is done when its `eval/summary.json` exists; done trials are skipped, so an interrupted
+sweep resumes (train.py itself resumes a half-trained trial from its own checkpoint). Trial
+names come from the settings only (`lr1em3_s16`, `lr1em3_n64_seed2`, utils/sweep_files.py).
 
 Seeds: a `seed` parameter (`--values seed=0,1,2` or in the sweep file) repeats every cell; the
 seed sets the model initialisation, the epoch order and, with `n_train`, the random training
@@ -43,19 +35,15 @@ averages the validation metric over seeds for each lr and, where the best lr is 
 largest of the group's grid, adds the next lr in that direction with the grid's own geometric
 step (lr_edge**2 / lr_neighbour), for every seed, and runs them; it repeats until each choice is
 interior or K steps were added in that direction. Extended trials are named like any other, so
-a resumed sweep finds them done. Choices still at an edge are logged as warnings.
+a resumed sweep finds them done. Choices still at an edge are logged as warnings. All of it is
+in LocalSweep's section "learning-rate grid extension".
 """
 import argparse
 import contextlib
-import csv
 import fcntl
-import io
-import itertools
 import json
 import logging
-import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -65,269 +53,32 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-import yaml
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.py`
     sys.path.insert(0, REPO_ROOT)
+from utils import sweep_results  # noqa: E402
 from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
 from utils.fileio import write_text_atomic  # noqa: E402
 from utils.lr_choice import choose_lr  # noqa: E402
 from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
+# the sweep-file functions scripts and tests also use from here (`sweeps.load_sweep`, ...)
+from utils.sweep_files import (absolute_path_sets, expand_grid, load_sweep,  # noqa: E402
+                               override_values, plain_value, propose_trials, trial_name,
+                               yaml_text)
 from utils.sweep_workers import WorkerPool  # noqa: E402
-from utils.YParams import (is_path_key, load_yaml, parse_overrides, read_yaml,  # noqa: E402
-                           resolve_path)
+from utils.YParams import read_yaml  # noqa: E402
 
 logger = logging.getLogger(__name__)
-SWEEP_METHODS = ("grid", "random", "bayes")
-# short names for the published sweep parameters (`lr1em3_s16`); others keep their key
-NAME_ABBREV = {"lr": "lr", "subsample": "s", "n_train": "n", "seed": "seed"}
-NAME_FIRST = ("lr", "subsample", "n_train", "seed")
 EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses the whole test set
 ORPHAN_WAIT_S = 120   # how long a trial waits for a run directory another process still holds
-# columns of results.csv after the trial's settings (and before any --tag columns); a column
-# that is also a setting (n_train, seed) appears once, with the value the run reported
-RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
-                 "best_epoch", "epochs", "iters", "stopped_early",
-                 "capped_while_improving", "test_rel_l2_mean", "test_rel_l2_median",
-                 "n_test", "n_params")
 LR_KEY = "lr"
 REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
 TRIAL_MODES = ("worker", "process")
 
 
-# ----------------------------------------------------------------------------- sweep files
-def _plain(v):
-    """numpy scalars (the sweep engine's samples) -> Python numbers (repr, JSON friendly)."""
-    return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
-
-
-def yaml_text(v):
-    """`v` as text that yaml.safe_load (train.py's --set parser) reads back as the same value.
-
-    PyYAML reads `1e-05` (what repr/json give) as a STRING; `1.0e-05` is a float.
-    """
-    v = _plain(v)
-    if isinstance(v, float):
-        s = repr(v)
-        mant, e, exp = s.partition("e")
-        return f"{mant}.0e{exp}" if e and "." not in mant else s
-    return json.dumps(v)    # ints, bools, null, strings, lists: JSON is valid YAML
-
-
-def load_sweep(path):
-    """Read and check a W&B sweep file -> dict with `method`, `parameters`, `metric`, ...
-
-    Read with the config loader (utils/YParams.py), which reads `1e-5` as a number as W&B does.
-    """
-    cfg = read_yaml(path, "sweep file", error=SweepError)
-    if not isinstance(cfg.get("parameters"), dict) or not cfg["parameters"]:
-        raise SweepError(f"sweep file {path} has no `parameters` mapping")
-    method = cfg.get("method", "grid")
-    if method not in SWEEP_METHODS:
-        raise SweepError(f"sweep method {method!r} in {path} is not one of {SWEEP_METHODS}")
-    cfg["method"] = method
-    for key, spec in cfg["parameters"].items():
-        if not isinstance(spec, dict):
-            raise SweepError(f"sweep parameter {key!r} must be a mapping with `value` or "
-                             f"`values` (got {spec!r})")
-        if "values" in spec:
-            if not isinstance(spec["values"], list) or not spec["values"]:
-                raise SweepError(f"sweep parameter {key!r}: `values` must be a non-empty list")
-        elif "value" not in spec and method == "grid":
-            raise SweepError(f"grid sweep parameter {key!r} needs `value` or `values` "
-                             f"(distributions need method random or bayes)")
-    return cfg
-
-
-def override_values(cfg, overrides):
-    """Replace parameter value lists: overrides like ["subsample=8,16,32"] (numbers parsed).
-
-    A key the sweep file does not have becomes a new parameter (e.g. `seed=0,1,2` repeats
-    every trial over three seeds); `KEY=` (no values) removes a parameter.
-    """
-    for item in overrides or []:
-        key, sep, vals = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
-            raise SweepError(f"--values expects KEY=V1,V2,... (got {item!r})")
-        if not vals:
-            if key not in cfg["parameters"]:
-                raise SweepError(f"--values {key}=: {key!r} is not a parameter of the sweep "
-                                 f"(have {sorted(cfg['parameters'])})")
-            del cfg["parameters"][key]
-            if not cfg["parameters"]:
-                raise SweepError(f"--values {key}= leaves the sweep without parameters")
-            continue
-        if key not in cfg["parameters"]:
-            logger.info("--values %s: not in the sweep file, added as a parameter", key)
-        try:
-            values = [load_yaml(v) for v in vals.split(",")]
-        except yaml.YAMLError as e:
-            raise SweepError(f"--values {key}: cannot parse {vals!r}") from e
-        cfg["parameters"][key] = {"values": values}
-    return cfg
-
-
-def expand_grid(cfg):
-    """All trials of a grid sweep -> list of settings dicts, in sweep-file order.
-
-    The first parameter varies slowest (itertools.product), like W&B's grid search.
-    """
-    keys, choices = [], []
-    for key, spec in cfg["parameters"].items():
-        keys.append(key)
-        choices.append(spec["values"] if "values" in spec else [spec["value"]])
-    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
-
-
-# ----------------------------------------------------------------------------- trial names
-def format_value(v):
-    """Filesystem-safe, stable text for a setting: 1e-3 -> '1em3', 2.5e-4 -> '2p5em4', 16 -> '16'."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)) and math.isfinite(v) and float(v).is_integer() \
-            and abs(v) < 1e6:
-        return str(int(v)).replace("-", "m")
-    if isinstance(v, float):
-        mant, exp = f"{v:.6e}".split("e")
-        mant = mant.rstrip("0").rstrip(".")
-        return f"{mant}e{int(exp)}".replace("-", "m").replace(".", "p")
-    if isinstance(v, (list, tuple)):
-        return "-".join(format_value(x) for x in v)
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(v)).strip("-") or "none"
-
-
-def trial_name(settings):
-    """Name of a trial from its settings: {'lr': 1e-3, 'subsample': 16} -> 'lr1em3_s16'.
-
-    `lr` and `subsample` come first (published naming), then the other keys alphabetically,
-    so the name does not depend on the order W&B or a YAML file lists them in.
-    """
-    keys = [k for k in NAME_FIRST if k in settings]
-    keys += sorted(k for k in settings if k not in NAME_FIRST)
-    parts = []
-    for k in keys:
-        if settings[k] is None:
-            continue
-        short = NAME_ABBREV.get(k, re.sub(r"[^A-Za-z0-9]+", "", k))
-        parts.append(short + format_value(settings[k]))
-    if not parts:
-        raise SweepError("a sweep trial needs at least one setting to be named")
-    return "_".join(parts)
-
-
-# ----------------------------------------------------------------------------- W&B trials
-def broadcast_settings(obj, src=0):
-    """Send a picklable object from rank `src` to every rank (identity without a process group)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def wandb_trial_dir(root_dir, sweep_id, name):
-    """Run directory of a W&B sweep trial: {root_dir}/sweeps/{sweep_id}/{name}/."""
-    from utils.run_guard import check_plain_name
-
-    return os.path.join(sweep_dir(root_dir, check_plain_name(sweep_id, "--sweep_id")),
-                        check_plain_name(name, "trial name"))
-
-
-def run_wandb_trial(sweep_id, root_dir, train_fn, *, rank, agent=None, init=None,
-                    entity=None, project=None):
-    """Run one W&B sweep trial on every rank; return its run directory (None: no trial).
-
-    Rank 0 runs `agent(sweep_id, function=trial, count=1, entity=, project=)`; inside
-    `trial` it calls `init()` (a W&B run), reads the settings from `run.config`, names the
-    trial from them and broadcasts (settings, run_dir) to all ranks. Every rank then calls
-    `train_fn(settings, run_dir)`; on rank 0 this happens inside the agent's trial so that
-    wandb.log reaches the trial's W&B run. All ranks must call this function (collective).
-
-    `agent` and `init` default to `wandb.agent` and `wandb.init`; tests pass stand-ins.
-    """
-    if rank != 0:
-        msg = broadcast_settings(None)
-        if msg is None:       # rank 0 got no trial from the agent (sweep finished, error)
-            return None
-        settings, run_dir = msg
-        train_fn(settings, run_dir)
-        return run_dir
-
-    if agent is None or init is None:
-        import wandb
-        agent = agent or wandb.agent
-        init = init or wandb.init
-    state = {"sent": False, "run_dir": None}
-
-    def trial():
-        run = init()
-        cfg = run.config
-        settings = {k: cfg[k] for k in cfg.keys()}
-        name = trial_name(settings)
-        run_dir = wandb_trial_dir(root_dir, sweep_id, name)
-        try:
-            run.name = name
-        except Exception:   # stand-ins / offline runs may not allow renaming; name is cosmetic
-            pass
-        logger.info("sweep %s: trial %s settings %s -> %s", sweep_id, name, settings, run_dir)
-        broadcast_settings((settings, run_dir))
-        state.update(sent=True, run_dir=run_dir)
-        train_fn(settings, run_dir)
-
-    try:
-        agent(sweep_id, function=trial, count=1, entity=entity, project=project)
-    except Exception as e:
-        if state["sent"]:   # the trial itself failed (training error): report it as it is
-            raise
-        msg = (str(e).strip().splitlines() or [""])[0]
-        raise SweepError(f"W&B agent for sweep {sweep_id} ran no trial: "
-                         f"{type(e).__name__}: {msg}") from e
-    finally:
-        if not state["sent"]:   # never leave the other ranks waiting in the broadcast
-            broadcast_settings(None)
-    if not state["sent"]:
-        logger.warning("sweep %s: the W&B agent ran no trial", sweep_id)
-    return state["run_dir"]
-
-
-def apply_settings(params, settings):
-    """Write a trial's settings into a params object (YParams or dict), logging each; the
-    settings are checked like --set values (utils/config_schema.validate) and relative paths
-    are, like theirs, relative to the current directory."""
-    from utils.config_schema import validate
-
-    settings = validate(dict(settings), "the sweep trial's settings")
-    for key, value in settings.items():
-        if is_path_key(key):
-            value = resolve_path(value, os.getcwd())
-        if key not in params:
-            logger.info("sweep setting %s=%r: not in the config, added", key, value)
-        params[key] = value
-    return params
-
-
-def record_trial_summary(summary):
-    """Put a finished trial's train summary into the active W&B run (rank 0, inside the
-    agent's trial): `best_val_rel_l2`, the sweep's metric, is not an epoch-logged key."""
-    import wandb
-    if wandb.run is not None and summary:
-        wandb.run.summary.update({k: v for k, v in summary.items()
-                                  if isinstance(v, (int, float, str))})
-
-
 # ----------------------------------------------------------------------------- local runner
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 class LocalSweep:
     """Runs a sweep file's trials as train.py / eval.py subprocesses (see module docstring).
 
@@ -437,27 +188,17 @@ class LocalSweep:
         return os.path.join(self.sweep_dir, "trials.json")
 
     def _load_proposed(self):
-        data = _read_json(self._trials_file())
+        data = sweep_results.read_json(self._trials_file())
         return [] if data is None else [dict(t) for t in data]
 
     def _propose(self, known, n):
-        """Ask W&B's open-source sweep engine for n more random/bayes trials, offline."""
-        try:
-            import sweeps as wandb_sweeps   # optional dependency (sweeps==0.2.0 for numpy 2)
-        except ImportError as e:
-            raise SweepError(f"method {self.cfg['method']} needs the optional package "
-                             f"`sweeps` (pip install sweeps==0.2.0); grid needs nothing") from e
-        runs = []
+        """n more random/bayes trials from W&B's sweep engine, given how the `known` did."""
+        scored = []
         for settings in known:
             row = self.trial_row(trial_name(settings), settings)
             done = row["status"] == "done" and row.get(self.metric) not in (None, "")
-            runs.append(wandb_sweeps.SweepRun(
-                config={k: {"value": v} for k, v in settings.items()},
-                summaryMetrics={self.metric: float(row[self.metric])} if done else {},
-                state=wandb_sweeps.RunState.finished if done else wandb_sweeps.RunState.running))
-        spec = {k: self.cfg[k] for k in ("method", "metric", "parameters") if k in self.cfg}
-        new = wandb_sweeps.next_runs(spec, runs, n=n)
-        return [{k: _plain(v["value"]) for k, v in r.config.items()} for r in new if r is not None]
+            scored.append((settings, float(row[self.metric]) if done else None))
+        return propose_trials(self.cfg, scored, n, self.metric)
 
     # -- running
     def _cmd_env(self):
@@ -594,36 +335,18 @@ class LocalSweep:
         return True
 
     def trial_row(self, name, settings, failed=False):
-        """One results.csv row: trial, settings, n_train, val/test errors, status, run_dir."""
+        """One results.csv row (utils/sweep_results.trial_row) of trial `name`."""
         train_summary, _, eval_summary = self.summary_paths(name)
-        tr = _read_json(train_summary) or {}
-        ev = _read_json(eval_summary) or {}
-        row = {"trial": name, **settings}
-        for key in RESULT_FIELDS:
-            row[key] = ev.get(key, tr.get(key, settings.get(key, "")))
-        row.update(self.tags)
-        row["config"] = self.config
-        row["status"] = "done" if ev else ("failed" if failed else "pending")
-        row["run_dir"] = self.run_dir(name)
-        return row
+        return sweep_results.trial_row(name, settings, train_summary, eval_summary,
+                                       config=self.config, run_dir=self.run_dir(name),
+                                       tags=self.tags, failed=failed)
 
     def write_results(self, trials, failed=()):
         """Write {sweep_dir}/results.csv atomically (all trials, done ones with numbers)."""
-        keys = []
-        for s in trials:
-            keys += [k for k in s if k not in keys]
-        fields = ["trial"] + keys + [k for k in RESULT_FIELDS if k not in keys] \
-            + [k for k in self.tags if k not in keys] + ["config", "status", "run_dir"]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        for s in trials:
-            name = trial_name(s)
-            writer.writerow(self.trial_row(name, s, failed=name in failed))
-        path = os.path.join(self.sweep_dir, "results.csv")
+        rows = [self.trial_row(trial_name(s), s, failed=trial_name(s) in failed) for s in trials]
         with self._lock:
-            write_text_atomic(path, buf.getvalue())
-        return path
+            return sweep_results.write_results(os.path.join(self.sweep_dir, "results.csv"),
+                                               trials, rows, self.tags)
 
     @contextlib.contextmanager
     def _trial_lock(self, name, wait):
@@ -681,7 +404,7 @@ class LocalSweep:
         records them in {sweep_dir}/sweep.json."""
         path = os.path.join(self.sweep_dir, "sweep.json")
         fixed = {"config": self.config, "sets": sorted(self.sets)}
-        old = _read_json(path)
+        old = sweep_results.read_json(path)
         if old is not None and isinstance(old.get("sets"), list):
             # a sweep.json of a runner that passed relative --set paths on: its trials read
             # them in the repository root, where they ran
@@ -779,7 +502,7 @@ class LocalSweep:
         base = sorted(float(v) for v in self.cfg["parameters"][LR_KEY]["values"])
         groups = defaultdict(lambda: defaultdict(list))
         for s in trials:
-            key = tuple(sorted((k, json.dumps(_plain(v))) for k, v in s.items()
+            key = tuple(sorted((k, json.dumps(plain_value(v))) for k, v in s.items()
                                if k != LR_KEY and k not in REPEAT_KEYS))
             value = self._metric(s)
             groups[key][float(s[LR_KEY])] += [] if value is None else [value]
@@ -813,7 +536,7 @@ class LocalSweep:
                 group = dict(key)
                 for s in trials:
                     if float(s[LR_KEY]) == edge_lr and all(
-                            json.dumps(_plain(s[k])) == v for k, v in group.items()):
+                            json.dumps(plain_value(s[k])) == v for k, v in group.items()):
                         t = dict(s, **{LR_KEY: step_lr})
                         if trial_name(t) not in names:
                             names.add(trial_name(t))
@@ -833,21 +556,6 @@ class LocalSweep:
                                or "all trials", c["lr"], "lower" if c["edge"] == "low"
                                else "upper", [float(f"{lr:.6g}") for lr in c["lrs"]])
         return trials
-
-
-def absolute_path_sets(items, base=None):
-    """--set KEY=VALUE items with the relative paths of path keys (`*_path`, `pretrained`)
-    made absolute against `base` (default: the current directory): the trials run elsewhere
-    (the repository root), but a command-line path means the user's directory (DESIGN.md
-    section 7)."""
-    base = base or os.getcwd()
-    out = []
-    for item in items or []:
-        (key, value), = parse_overrides([item]).items()
-        if is_path_key(key) and resolve_path(value, base) != value:
-            item = f"{key}={yaml_text(resolve_path(value, base))}"
-        out.append(item)
-    return out
 
 
 def _parse_pairs(items, flag):
