@@ -67,6 +67,31 @@ def test_sweep_file_errors(tmp_path):
     assert p.stderr.strip() == f"error: sweep file not found: {tmp_path / 'no.yaml'}"
 
 
+
+def test_cli_random_sweep_reaches_the_sweep_engine(tmp_path):
+    """`python utils/sweeps.py` of a random sweep imports W&B's `sweeps` engine, not itself
+    (the script's folder, utils/, holds a sweeps.py too). A stand-in engine proposes nothing."""
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "sweeps.py").write_text(textwrap.dedent("""
+        class RunState:
+            running, finished = "running", "finished"
+        class SweepRun:
+            def __init__(self, **kwargs):
+                pass
+        def next_runs(spec, runs, n):
+            return []
+    """))
+    (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  lr: {values: [0.1, 0.2]}\n")
+    (tmp_path / "ops.yaml").write_text("base: {lr: 1.0}\n")
+    env = dict(os.environ, PYTHONPATH=str(engine), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    p = subprocess.run([sys.executable, "utils/sweeps.py", "--sweep", str(tmp_path / "s.yaml"),
+                        "--yaml_config", str(tmp_path / "ops.yaml"), "--config", "base",
+                        "--root_dir", str(tmp_path / "res"), "--count", "1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "sweep engine proposed no new trial" in p.stderr
+
 # ----------------------------------------------------------------------------- local runner
 FAKE_TRAIN = r'''
 import argparse, json, os, sys, yaml

@@ -54,7 +54,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:              # also runs as `python utils/sweeps.py`
+if __name__ == "__main__" and sys.path \
+        and os.path.abspath(sys.path[0]) == os.path.join(REPO_ROOT, "utils"):
+    # run as `python utils/sweeps.py`: Python puts utils/ first on the path, where this file
+    # would shadow W&B's `sweeps` engine (random/bayes); the repository root takes its place
+    sys.path[0] = REPO_ROOT
+if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 from utils import sweep_results  # noqa: E402
 from utils.cli import cli, report  # noqa: E402
