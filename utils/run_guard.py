@@ -7,11 +7,14 @@ parent (DESIGN.md section 7, the run contract).
 - `DirLock`: an exclusive `fcntl.flock` on `{dir}/.lock`, held while a process works in the
   directory. The kernel drops it when the process dies (kill -9 included), so a crashed run
   never leaves it held; a second process refuses at once with one line.
+- `file_lock`: an exclusive flock on one file for a `with` block, waiting or not (a sweep
+  trial's lock, so that two runners never run the same trial at once).
 - `record_stop_signals`: SIGTERM / SIGUSR1 during train.py's start-up are recorded, and the
   trainer stops cleanly before its first step, instead of the process dying half-way.
 - `die_with_parent`: Linux `prctl(PR_SET_PDEATHSIG)` for child processes (sweep trials,
   generator workers), so that killing the parent, even with kill -9, ends them too.
 """
+import contextlib
 import ctypes
 import errno
 import logging
@@ -125,6 +128,26 @@ class DirLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+
+@contextlib.contextmanager
+def file_lock(path, wait=True):
+    """Hold an exclusive flock on file `path` (created if needed) for a `with` block: yields
+    True, or False at once when another holder has it and `wait` is False. Each call opens
+    its own descriptor, so it excludes threads of one process as well as other processes."""
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -39,8 +39,6 @@ a resumed sweep finds them done. Choices still at an edge are logged as warnings
 in LocalSweep's section "learning-rate grid extension".
 """
 import argparse
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -66,7 +64,7 @@ from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
 from utils.fileio import write_text_atomic  # noqa: E402
 from utils.lr_choice import choose_lr  # noqa: E402
-from utils.run_guard import DirLock, child_of_this_process  # noqa: E402
+from utils.run_guard import DirLock, child_of_this_process, file_lock  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 # the sweep-file functions scripts and tests also use from here (`sweeps.load_sweep`, ...)
 from utils.sweep_files import (absolute_path_sets, expand_grid, load_sweep,  # noqa: E402
@@ -353,22 +351,6 @@ class LocalSweep:
             return sweep_results.write_results(os.path.join(self.sweep_dir, "results.csv"),
                                                trials, rows, self.tags)
 
-    @contextlib.contextmanager
-    def _trial_lock(self, name, wait):
-        """Hold `logs/{name}.lock` (flock) while running a trial, so that two runners of one
-        sweep (or two threads) never run the same trial at once. Yields False when another
-        holder has it and `wait` is False."""
-        with open(os.path.join(self.sweep_dir, "logs", f"{name}.lock"), "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     def _run_batch(self, todo, all_trials, failed):
         """Run `todo`; a trial another runner is running is waited for at the end, and run
         here only if that runner did not finish it."""
@@ -378,7 +360,8 @@ class LocalSweep:
             if self.stopped:
                 return
             name = trial_name(settings)
-            with self._trial_lock(name, wait) as mine:
+            # a trial's flock: two runners of one sweep (or two threads) never run it at once
+            with file_lock(os.path.join(self.sweep_dir, "logs", f"{name}.lock"), wait) as mine:
                 if not mine:
                     with self._lock:
                         busy.append(settings)
