@@ -69,7 +69,7 @@ def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monke
     """The card beside a run's checkpoint takes the result of that run's own test split; a test
     file of another distribution (here: grid), or a NaN result, leaves it untouched; a card that cannot be written (read-only
     location) is a warning, the evaluation still succeeds (exit 0)."""
-    from utils import checkpoint
+    from utils import model_card
     from utils.errors import StorageError
 
     tmp, data, cfg = setup
@@ -87,7 +87,7 @@ def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monke
     # a NaN result is never recorded
     summary = json.load(open(tmp_path / "o1/summary.json"))
     run_config = torch.load(weights, weights_only=True)["config"]
-    assert checkpoint.record_test_result(
+    assert model_card.record_test_result(
         str(weights), dict(summary, test_path=data["test_path"], test_rel_l2_mean=float("nan")),
         np.full(4, np.nan), run_config) is None
     assert card.read_bytes() == before
@@ -100,7 +100,7 @@ def test_run_card_records_only_its_own_finite_test_result(setup, tmp_path, monke
     # the card cannot be written: one warning, outputs written, exit 0
     def read_only(*a, **k):
         raise StorageError(f"cannot write {card}: Read-only file system; nothing was replaced")
-    monkeypatch.setattr(checkpoint, "write_card", read_only)
+    monkeypatch.setattr(model_card, "write_card", read_only)
     after = card.read_bytes()
     eval_cli.main(targs(cfg, tmp_path, "--weights", str(weights), "--out_dir",
                         str(tmp_path / "o3")))

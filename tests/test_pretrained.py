@@ -16,7 +16,8 @@ from utils.YParams import REPO_ROOT, YParams
 from utils.cli import run_cli
 from utils.errors import CheckpointError, DataError
 from utils.inferencer import run_eval
-from utils.checkpoint import card_path_for, read_checkpoint
+from utils.checkpoint import read_checkpoint
+from utils.model_card import card_path_for
 from utils.pretrained import export_pretrained, load_pretrained
 from utils.trainer import Trainer
 

@@ -109,14 +109,15 @@ def run_eval(params, weights, test_path, out_dir, device=None, n_examples=4):
     Writes summary.json (test_rel_l2_mean, test_rel_l2_median, test_loss, n_test, weights,
     test_path, ...), rel_l2_per_sample.npy (N,) in file order and examples.png, and records
     the result in the model card beside `weights` when it is the card of the run evaluated on
-    its own test split or distribution (`utils.checkpoint.record_test_result`; never a
+    its own test split or distribution (`utils.model_card.record_test_result`; never a
     shipped model's card).
     A config without scales_path uses the scales the weights carry (model_info).
     Returns the summary dict.
     """
     from models.fno import fno
     from utils.data_utils import get_data_loader
-    from utils.checkpoint import load_weights, record_test_result, scales_from_weights
+    from utils.checkpoint import load_weights, scales_from_weights
+    from utils.model_card import record_test_result
 
     from utils.fileio import describe_os_error
 

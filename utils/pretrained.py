@@ -27,9 +27,10 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils import pdes  # noqa: E402
-from utils.checkpoint import (UNKNOWN_PDE, card_path_for, info_of,  # noqa: E402
-                              model_state_of, read_card, read_checkpoint, write_card)
+from utils.checkpoint import (UNKNOWN_PDE, info_of, model_state_of,  # noqa: E402
+                              read_checkpoint)
 from utils.errors import CheckpointError, DataError, UserError  # noqa: E402
+from utils.model_card import card_path_for, read_card, write_card  # noqa: E402
 from utils.run_layout import MODEL_CARD  # noqa: E402
 
 
