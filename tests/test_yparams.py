@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from utils.YParams import REPO_ROOT, ConfigError, YParams, apply_overrides, parse_overrides
+from utils.YParams import (REPO_ROOT, ConfigError, YParams, apply_overrides, parse_overrides,
+                           read_yaml)
 
 YAML = """
 base: &base
@@ -50,6 +51,24 @@ def test_config_paths_relative_to_repo_root(yfile, tmp_path, monkeypatch):
     apply_overrides(p, ["train_path=rel/t.h5", "lr=2e-3", "layers=[4, 4, 4]", "project=abc"])
     assert p.train_path == os.path.join(str(tmp_path), "rel", "t.h5")  # CLI paths: CWD
     assert p.lr == 2e-3 and p.layers == [4, 4, 4] and p.project == "abc"
+
+
+def test_read_yaml_copies_and_rereads_a_changed_file(yfile, tmp_path):
+    """read_yaml keeps parsed files (sweep workers read one config per trial twice): each call
+    returns its own copy, and a file edited in place or replaced is read again."""
+    doc = read_yaml(yfile)
+    doc["child"]["lr"] = 7.0
+    doc["base"]["layers"].append(1)
+    again = read_yaml(yfile)
+    assert again["child"]["lr"] == 5e-4 and again["base"]["layers"] == [8, 8]
+    with open(yfile, "a") as f:                    # in place: another size
+        f.write("extra: {lr: 1.0}\n")
+    assert read_yaml(yfile)["extra"] == {"lr": 1.0}
+    new = tmp_path / "new.yaml"                    # replaced (an editor's or an atomic write)
+    new.write_text(YAML.replace("lr: 5e-4", "lr: 6e-4"))   # same size as the original
+    os.replace(new, yfile)
+    assert read_yaml(yfile)["child"]["lr"] == 6e-4 and "extra" not in read_yaml(yfile)
+    assert YParams(yfile, "child").lr == 6e-4
 
 
 def test_unknown_config_lists_available(yfile):
