@@ -78,6 +78,59 @@ def test_process_state_is_restored():
     assert torch.backends.cudnn.benchmark == state.cudnn[0]
 
 
+# a worker serving one request with a stand-in `train` module whose trial leaves cyclic
+# garbage; prints whether the collection after the trial freed it, and the frozen count
+_GC_SCRIPT = """
+import argparse, gc, json, os, sys, threading, types, weakref
+sys.path.insert(0, sys.argv[1])
+report = os.fdopen(os.dup(1), "w")   # the worker points fds 1 and 2 at trial logs
+from utils.sweep_workers import serve
+
+left = []
+class Cycle:
+    pass
+
+def train_and_evaluate(args):
+    c = Cycle()
+    c.me = c                       # only the cycle collector frees it
+    left.append(weakref.ref(c))
+
+def build_parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("rest", nargs="*")
+    return p
+
+sys.modules["train"] = types.SimpleNamespace(build_parser=build_parser,
+                                             train_and_evaluate=train_and_evaluate)
+done = threading.Event()
+
+class Replies:
+    def write(self, text):
+        if '"rc"' in text:
+            done.set()
+    def flush(self):
+        pass
+
+def requests():
+    yield json.dumps({"kind": "train", "argv": [], "log": None}) + "\\n"
+    done.wait(60)                  # then EOF: the runner closed the pool
+
+serve(requests(), Replies())
+print(json.dumps({"freed": left[0]() is None, "frozen": gc.get_freeze_count()}), file=report, flush=True)
+"""
+
+
+def test_worker_collects_a_trials_garbage_and_freezes_the_rest():
+    """Between trials the worker collects what a trial left (its cycles included), then
+    freezes the survivors, so the next collection does not walk torch's objects again."""
+    out = subprocess.run([sys.executable, "-c", _GC_SCRIPT, REPO], env=ENV, timeout=120,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["freed"]               # freezing first would have kept the cycle for good
+    assert result["frozen"] > 10000      # torch & co.
+
+
 def test_worker_trials_equal_process_trials_and_survive_a_failure(tmp_path):
     """Three trials in ONE worker: two give the results of separate train.py processes to
     1e-6 (same seed, same subset); a failing one (n_train > data) is recorded as failed and
