@@ -134,6 +134,23 @@ def test_export_small_file_and_finetune_without_scales(run, tmp_path):
     assert read_checkpoint(trainer.ckpt_path)["model_info"]["scales"] == params["scales"]
 
 
+def test_export_card_records_the_stopping_point(run, tmp_path):
+    """The exported card of a run's best checkpoint carries the run's stopping point (cap,
+    best and last step, early stop, capped-while-improving) from its train_summary.json; a
+    checkpoint that is not a run's best gets none."""
+    summary = json.load(open(os.path.join(os.path.dirname(os.path.dirname(run["weights"])),
+                                          "train_summary.json")))
+    _, card_path = export_pretrained(run["weights"], str(tmp_path / "best"), fmt="pt")
+    stopping = json.load(open(card_path))["stopping"]
+    assert stopping == {k: summary[k] for k in ("max_steps", "best_step", "stop_step",
+                                                "stopped_early", "capped_while_improving",
+                                                "val_checks")}
+    assert stopping["stop_step"] == 8 and stopping["stopped_early"] is False
+    latest = os.path.join(os.path.dirname(run["weights"]), "ckpt.tar")
+    _, card_path = export_pretrained(latest, str(tmp_path / "latest"), fmt="pt")
+    assert "stopping" not in json.load(open(card_path))
+
+
 def _predict(argv, capsys):
     """predict.py in-process: (exit code, stderr)."""
     import predict

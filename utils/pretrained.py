@@ -16,6 +16,7 @@ this module is the inference API on top of them and the export CLI.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -175,10 +176,33 @@ def load_pretrained(path, device=None):
 EXPORT_FORMATS = {"safetensors": "model.safetensors", "pt": "model.pt"}
 
 
+STOPPING_KEYS = ("max_steps", "best_step", "stop_step", "stopped_early",
+                 "capped_while_improving", "val_checks")
+
+
+def stopping_point(weights):
+    """The stopping point of the run whose best checkpoint `weights` is ({run}/checkpoints/
+    ckpt_best.tar beside {run}/train_summary.json): its step cap, best and last step, whether
+    early stopping ended it and whether the cap ended it while it still improved. {} for any
+    other file or a run without a summary (e.g. a run still training)."""
+    ckpt_dir = os.path.dirname(os.path.abspath(weights))
+    if os.path.basename(weights) != "ckpt_best.tar" or os.path.basename(ckpt_dir) != "checkpoints":
+        return {}
+    path = os.path.join(os.path.dirname(ckpt_dir), "train_summary.json")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict):
+        return {}
+    return {k: summary[k] for k in STOPPING_KEYS if k in summary}
+
+
 def export_pretrained(weights, out_dir, overwrite=False, fmt="safetensors"):
     """Write the shippable model of a checkpoint to `out_dir`: float32 weights, no optimizer
     state, and `model_card.json`; the test metrics of the card beside the checkpoint
-    (eval.py) are folded in. fmt 'safetensors': `model.safetensors` (no pickle; the
+    (eval.py) and the run's stopping point (`stopping_point`) are folded in. fmt 'safetensors': `model.safetensors` (no pickle; the
     model_info is also its metadata key 'model_info', JSON text, so the file is
     self-contained); 'pt': `model.pt` (torch.save of model_state + model_info).
     Returns (model path, card path)."""
@@ -199,6 +223,9 @@ def export_pretrained(weights, out_dir, overwrite=False, fmt="safetensors"):
                 info["metrics"] = dict(info.get("metrics", {}), test=old["metrics"]["test"])
             if old.get("evaluations"):
                 info["evaluations"] = old["evaluations"]
+    stopping = stopping_point(weights)
+    if stopping:
+        info["stopping"] = stopping
     os.makedirs(out_dir, exist_ok=True)
     name = EXPORT_FORMATS[fmt]
     model_path = os.path.join(out_dir, name)
