@@ -1,0 +1,118 @@
+"""The n ascent's lr rules (utils/lr_search.py) on a stand-in objective: no training."""
+import math
+
+import pytest
+
+from utils.lr_search import NAscent, extend_step, first_lrs, ladder, next_step
+
+GRID = [3e-4, 1e-3, 3e-3]
+# stand-in validation error (log10(lr / optimum))^2 + 0.01 * seed; the optimum moves with n
+LR_OPT = {8: 1e-2, 32: 3e-3, 64: 4e-3, 128: 3e-3, 512: 1e-2}
+
+
+def trials(ns=(8, 32, 64, 128, 512), seeds=(0, 1)):
+    return [{"seed": s, "n_train": n, "lr": lr} for s in seeds for n in ns for lr in GRID]
+
+
+def val(s):
+    return math.log10(s["lr"] / LR_OPT[s["n_train"]]) ** 2 + 0.01 * s["seed"]
+
+
+def key(s):
+    return (s["lr"], s["n_train"], s["seed"])
+
+
+def ascend(tr, done=None, stop_after=None, failing=(), **kw):
+    """Run an ascent with trials 'finishing' instantly into `done` ({key: settings});
+    stop_after: the sweep stops after that many trials ran. Returns (ascent, trials run)."""
+    done = {} if done is None else done
+    ran = []
+
+    def run_batch(todo, all_trials):
+        for s in todo:
+            if key(s) in done or (stop_after is not None and len(ran) >= stop_after):
+                continue
+            ran.append(key(s))
+            if key(s) not in failing:
+                done[key(s)] = s
+
+    a = NAscent(tr, extend=2, **kw)
+    a.run(run_batch, lambda s: val(s) if key(s) in done else None,
+          lambda s: 1.0 / s["n_train"] if key(s) in done else None,
+          failed=lambda s: key(s) in failing,
+          stopped=lambda: stop_after is not None and len(ran) >= stop_after)
+    return a, ran
+
+
+def test_ladder_is_the_grid_extension_of_extend_lr():
+    assert extend_step(3e-3, 1e-3) == 0.009
+    assert ladder(GRID, 2) == [2.7e-5, 9e-5, 3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2]
+    assert ladder(GRID, 0) == GRID and ladder([1e-3], 2) == [1e-3]
+
+
+def test_window_rules():
+    steps = ladder(GRID, 2)
+    assert first_lrs(steps, GRID, "seeded", [], str)[0] == GRID
+    h = [dict(n=8, lr=3e-3, means={1e-3: 0.2, 3e-3: 0.1, 9e-3: 0.15})]
+    assert first_lrs(steps, GRID, "seeded", h, str)[0] == [1e-3, 3e-3, 9e-3]
+    assert first_lrs(steps, GRID, "grid", h, str)[0] == GRID
+    # stable: the choice and its neighbour on the second-best side (9e-3, mean 0.15)
+    lrs, why, keep = first_lrs(steps, GRID, "seeded", [dict(n=4, lr=3e-3, means={})] + h, str)
+    assert (lrs, keep) == ([3e-3, 9e-3], 3e-3) and why.startswith("stable")
+    # the ladder's end bounds the window: 2.7e-2 is 2 steps beyond the grid
+    assert first_lrs(steps, GRID, "seeded", [dict(n=8, lr=2.7e-2, means={})], str)[0] == [
+        9e-3, 2.7e-2]
+    assert next_step(steps, 2.7e-2, [9e-3, 2.7e-2])[::2] == (None, True)
+    assert next_step(steps, 3e-3, [3e-3, 9e-3], keep=3e-3)[0] is None     # stable choice held
+    assert next_step(steps, 9e-3, [3e-3, 9e-3], keep=3e-3)[0] == 2.7e-2   # it moved: follow
+    assert next_step(steps, 3e-4, GRID)[0] == 9e-5
+    assert next_step(steps, 1e-3, GRID)[0] is None
+
+
+def test_seeded_ascent_decides_the_expected_lrs():
+    a, ran = ascend(trials())
+    got = {d["n"]: (d["lrs"], d["lr"]) for d in a.decisions}
+    assert got == {
+        # smallest n: the full grid, then two edge extensions up (the optimum 1e-2 is above)
+        8: ([3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2], 9e-3),
+        # seeded from 9e-3: 3e-3 wins at the window's lower edge, so 1e-3 is added
+        32: ([1e-3, 3e-3, 9e-3, 2.7e-2], 3e-3),
+        64: ([1e-3, 3e-3, 9e-3], 3e-3),
+        # stable (3e-3 at n 32 and 64): two lrs, the second-best side of n 64 (9e-3)
+        128: ([3e-3, 9e-3], 3e-3),
+        # stable again, but the optimum moved up: 9e-3 wins at the edge, 2.7e-2 is added
+        512: ([3e-3, 9e-3, 2.7e-2], 9e-3)}
+    assert len(ran) == len(set(ran)) == 2 * (5 + 4 + 3 + 2 + 3)
+    assert a.n_values() == [8, 32, 64, 128, 512]
+
+
+def test_stop_at_error_and_resume_make_the_same_decisions():
+    full, _ = ascend(trials(), stop_at_error=0.01)
+    # test error 1/n: 1/64 > 0.01 >= 1/128, so n 512 is never run
+    assert full.n_values() == [8, 32, 64, 128] and full.decisions[-1]["stop"] == "reached"
+    done = {}
+    stopped, first = ascend(trials(), done, stop_after=11, stop_at_error=0.01)
+    assert len(first) == 11 and len(stopped.decisions) == 1    # stopped inside n 32
+    resumed, second = ascend(trials(), done, stop_at_error=0.01)
+    assert not set(first) & set(second)
+    assert resumed.decisions == full.decisions
+
+
+def test_grid_mode_runs_the_full_grid_per_n_with_extension():
+    a, ran = ascend(trials(ns=(8, 32)), mode="grid", stop_at_error=0.05)
+    # every n starts from the full grid; the edge extension fires per n (3e-3 is the
+    # optimum of n 32 and the grid's upper end, so 9e-3 runs to show it is interior)
+    assert [(d["n"], d["lrs"], d["lr"]) for d in a.decisions] == [
+        (8, [3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2], 9e-3), (32, GRID + [9e-3], 3e-3)]
+    assert len(ran) == 2 * (5 + 4)
+    # subsample: larger values are smaller n, so the ascent runs them in descending order
+    sub = [{"lr": lr, "subsample": s} for s in (1, 4, 2) for lr in GRID]
+    assert NAscent(sub).ns == {(): [4, 2, 1]}
+
+
+def test_a_failed_trial_ends_its_lines_ascent():
+    a, ran = ascend(trials(ns=(8, 32)), failing={(1e-3, 8, 1)})
+    assert [d.get("stop") for d in a.decisions] == ["failed"]
+    assert all(n == 8 for _, n, _ in ran)
+    with pytest.raises(ValueError, match="lr search"):
+        NAscent(trials(), mode="bayes")

@@ -1,0 +1,293 @@
+"""The n ascent of a downstream sweep: which learning rates each training-set size n runs.
+
+`utils/sweeps.py --lr_search seeded` and `--stop_at_error X` run a grid sweep's n values in
+ascending order, one n at a time (every trial of one n finishes before the lrs of the next
+are decided), with these rules (DESIGN.md section 10):
+
+* the LADDER of learning rates is the sweep's lr grid extended geometrically by `extend_lr`
+  steps (`--extend_lr K`) on each side, the step of the grid's own end (`extend_step`);
+* the smallest n runs the full grid;
+* `seeded`: every next n runs the lr chosen at the previous n and its two ladder neighbours;
+  when the choice was the same at the previous two n ("stable"), only the choice and its
+  neighbour on the side of the previous n's second-best mean. `grid`: every n the full grid;
+* after the lrs of an n have run, while the choice (utils/lr_choice.choose_lr: the
+  validation metric averaged over seeds) is the smallest / largest lr tried, the next ladder
+  lr in that direction runs (for every seed); inside the grid this is the search following
+  the optimum, beyond it the `--extend_lr` edge extension; the choice of a stable window kept
+  at its outer side is accepted (the previous n's second-best lay on the other side);
+* `stop_at_error`: the ascent stops after the first n whose chosen lr has a mean TEST error
+  over seeds (results.csv `test_rel_l2_mean`) <= X;
+* an n with a failed trial ends the ascent of its line (a rerun retries it first), so every
+  decision is made from complete n only and a resumed sweep makes the same decisions.
+
+Nothing here touches files or processes: `NAscent.run` gets the runner's callbacks (run a
+batch of trials, read a finished trial's metrics), so the rules are tested without training.
+The decisions are logged and returned (the runner writes them to `ascent.json`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+
+from utils.lr_choice import choose_lr
+
+logger = logging.getLogger(__name__)
+LR_SEARCHES = ("grid", "seeded")
+# the training-set size parameters the ascent orders by: (key, larger value = larger n)
+N_KEYS = (("n_train", True), ("subsample", False))
+
+
+def extend_step(edge, neighbour):
+    """The lr one grid step beyond `edge`, away from `neighbour` (geometric: edge**2 /
+    neighbour), rounded to 6 significant digits so that names are stable (3e-3**2/1e-3 ->
+    0.009, not 0.0090000001)."""
+    return float(f"{edge ** 2 / neighbour:.6g}")
+
+
+def ladder(grid, extend=0):
+    """The lrs the ascent may run, ascending: the grid plus `extend` geometric steps beyond
+    each end (the steps `--extend_lr` adds in a grid sweep: the same values, the same names)."""
+    g = sorted({float(v) for v in grid})
+    lo, hi = [], []
+    if len(g) >= 2:
+        a, b = g[0], g[1]
+        for _ in range(extend):
+            a, b = extend_step(a, b), a
+            lo.insert(0, a)
+        a, b = g[-1], g[-2]
+        for _ in range(extend):
+            a, b = extend_step(a, b), a
+            hi.append(a)
+    return lo + g + hi
+
+
+def _index(lrs, lr):
+    for i, v in enumerate(lrs):
+        if math.isclose(v, lr, rel_tol=1e-9):
+            return i
+    raise ValueError(f"lr {lr!r} is not on the ladder {lrs}")
+
+
+def fmt_lrs(lrs):
+    return " ".join(f"{lr:g}" for lr in lrs)
+
+
+def ranked(means, maximize=False):
+    """lrs of {lr: mean} best first (choose_lr's order: ties to the smaller lr)."""
+    sign = -1.0 if maximize else 1.0
+    return sorted(means, key=lambda lr: (sign * means[lr], lr))
+
+
+def first_lrs(steps, grid, mode, history, n_label):
+    """The lrs an n starts with, why, and the lr whose window edge is accepted (stable case).
+
+    steps: the ladder; grid: the sweep's lr values; mode: 'grid' | 'seeded'; history: the
+    previous n of this line, ascending, each dict(n, lr (the choice), means {lr: mean});
+    n_label(n) -> text for the log. Returns (lrs ascending, why, keep lr or None).
+    """
+    if mode == "grid" or not history:
+        why = "the full grid" + ("" if history else " (smallest n)")
+        return sorted(float(v) for v in grid), why, None
+    prev = history[-1]
+    i = _index(steps, prev["lr"])
+    if len(history) >= 2 and math.isclose(history[-2]["lr"], prev["lr"], rel_tol=1e-9):
+        order = ranked(prev["means"], prev.get("maximize", False))
+        if len(order) < 2:
+            return [steps[i]], f"lr {prev['lr']:g} was the only lr at {n_label(prev['n'])}", None
+        side = 1 if order[1] > prev["lr"] else -1
+        lrs = sorted([steps[i], steps[i + side]])
+        why = (f"stable: lr {prev['lr']:g} chosen at {n_label(history[-2]['n'])} and "
+               f"{n_label(prev['n'])}; the second-best mean lay {'above' if side > 0 else 'below'}")
+        return lrs, why, steps[i]
+    lrs = steps[max(i - 1, 0):i + 2]
+    return lrs, f"seeded: lr {prev['lr']:g} chosen at {n_label(prev['n'])} and its neighbours", \
+        None
+
+
+def next_step(steps, choice, tried, keep=None):
+    """After the lrs `tried` of an n have run and `choice` won: the next ladder lr to run.
+
+    None when the choice is interior, is `keep` (a stable window's choice, accepted at the
+    window's edge) or lies at the end of the ladder. Returns (lr or None, why, at_end): at_end
+    is True when the choice is at an edge of the lrs tried with no ladder lr beyond it.
+    """
+    if len(steps) < 2:
+        return None, "one lr", False
+    if keep is not None and math.isclose(choice, keep):
+        return None, "the stable choice held", False
+    if math.isclose(choice, min(tried)):
+        direction = -1
+    elif math.isclose(choice, max(tried)):
+        direction = 1
+    else:
+        return None, "interior", False
+    side = "lower" if direction < 0 else "upper"
+    j = _index(steps, choice) + direction
+    if not 0 <= j < len(steps):
+        return None, f"at the {side} end of the lr ladder", True
+    return steps[j], f"choice {choice:g} at the {side} edge of the lrs tried", False
+
+
+def n_key_of(params):
+    """The (key, ascending) of the training-set size parameter of a sweep's parameters
+    (n_train; else subsample, whose larger values are smaller n), or (None, True)."""
+    for key, up in N_KEYS:
+        if key in params:
+            return key, up
+    return None, True
+
+
+class NAscent:
+    """The n ascent of one grid sweep (module docstring).
+
+    Args:
+        trials: the grid's trials (settings dicts, `expand_grid`).
+        lr_key, repeat_keys: the lr setting; the settings averaged over (seed).
+        mode: 'grid' | 'seeded'; extend: `--extend_lr` steps; stop_at_error: X or None.
+        maximize: the metric's goal; name: the sweep (log lines).
+    """
+
+    def __init__(self, trials, lr_key="lr", repeat_keys=("seed",), mode="seeded", extend=0,
+                 stop_at_error=None, maximize=False, name="sweep"):
+        if mode not in LR_SEARCHES:
+            raise ValueError(f"lr search must be one of {LR_SEARCHES}, got {mode!r}")
+        self.lr_key, self.repeat_keys = lr_key, tuple(repeat_keys)
+        self.mode, self.stop_at_error, self.maximize, self.name = (
+            mode, stop_at_error, maximize, name)
+        params = {k for s in trials for k in s}
+        self.n_key, up = n_key_of(params)
+        self.grid = sorted({float(s[lr_key]) for s in trials})
+        self.steps = ladder(self.grid, extend)
+        # lines: every setting but lr, the repeats and n; per line its n (ascending) and
+        # per (line, n) the trials of one lr (the repeats), lr left as it is
+        self.cells = defaultdict(list)
+        ns = defaultdict(list)
+        first = trials[0][lr_key]
+        for s in trials:
+            if s[lr_key] != first:
+                continue
+            line = self.line_of(s)
+            n = s.get(self.n_key)
+            if n not in ns[line]:
+                ns[line].append(n)
+            self.cells[line, n].append(s)
+        self.ns = {line: sorted(v, key=lambda n: n if up or n is None else -n)
+                   if None not in v else v for line, v in ns.items()}
+        self.decisions = []
+
+    def line_of(self, s):
+        skip = {self.lr_key, self.n_key, *self.repeat_keys}
+        return tuple(sorted((k, json.dumps(v)) for k, v in s.items() if k not in skip))
+
+    def n_label(self, n, line=()):
+        where = ", ".join(f"{k}={json.loads(v)}" for k, v in line)
+        return (f"{self.n_key}={n}" if self.n_key else "all trials") + (
+            f" ({where})" if where else "")
+
+    def with_lr(self, line, n, lr):
+        return [dict(s, **{self.lr_key: lr}) for s in self.cells[line, n]]
+
+    def run(self, run_batch, metric, test_metric, failed=lambda s: False,
+            stopped=lambda: False):
+        """Run the ascent; returns every trial decided (settings dicts, in decision order).
+
+        run_batch(todo, all_trials): run the trials `todo` (all_trials: every trial decided
+        so far, for results.csv); metric(s) / test_metric(s): a finished trial's validation /
+        test metric, None when it has none; failed(s): True when trial `s` failed;
+        stopped(): True once the sweep is stopping.
+        """
+        trials, active, hist = [], list(self.ns), defaultdict(list)
+        k = 0
+        while active and not stopped():
+            cur = {}
+            new = []
+            for line in active:
+                if k >= len(self.ns[line]):
+                    continue
+                n = self.ns[line][k]
+                lrs, why, keep = first_lrs(self.steps, self.grid, self.mode, hist[line],
+                                           lambda m: self.n_label(m))
+                logger.info("sweep %s: %s: lrs %s (%s)", self.name, self.n_label(n, line),
+                            fmt_lrs(lrs), why)
+                cur[line] = dict(n=n, tried=list(lrs), keep=keep, why=why, added=[])
+                new += [t for lr in lrs for t in self.with_lr(line, n, lr)]
+            if not cur:
+                break
+            while new and not stopped():
+                trials += new
+                run_batch(new, trials)
+                if stopped():
+                    break
+                new = []
+                for line, c in cur.items():
+                    choice = self.choice(line, c["n"], c["tried"], metric, test_metric, failed)
+                    if choice is None:
+                        continue
+                    lr, why, _ = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
+                    if lr is not None:
+                        logger.info("sweep %s: %s: lr %g added (%s)", self.name,
+                                    self.n_label(c["n"], line), lr, why)
+                        c["tried"].append(lr)
+                        c["added"].append(lr)
+                        new += self.with_lr(line, c["n"], lr)
+            if stopped():
+                break
+            for line, c in cur.items():
+                choice = self.choice(line, c["n"], c["tried"], metric, test_metric, failed)
+                label = self.n_label(c["n"], line)
+                record = dict(line=[[k_, json.loads(v)] for k_, v in line], n=c["n"],
+                              lrs=sorted(c["tried"]), why=c["why"], added=c["added"])
+                if choice is None:
+                    logger.error("sweep %s: %s: a trial failed; the larger n of this line run "
+                                 "once a rerun finishes it", self.name, label)
+                    active.remove(line)
+                    self.decisions.append(dict(record, stop="failed"))
+                    continue
+                _, why, at_end = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
+                if at_end:
+                    logger.warning("sweep %s: %s: lr %g is %s (raise --extend_lr)", self.name,
+                                   label, choice["lr"], why)
+                hist[line].append(dict(n=c["n"], lr=choice["lr"], means=choice["means"],
+                                       maximize=self.maximize))
+                record.update(lr=choice["lr"], val=choice["mean"], test=choice["test"])
+                stop = (self.stop_at_error is not None and choice["test"] is not None
+                        and choice["test"] <= self.stop_at_error)
+                logger.info("sweep %s: %s: lr %g chosen (validation %.4g, test %s)%s",
+                            self.name, label, choice["lr"], choice["mean"],
+                            "n/a" if choice["test"] is None else f"{choice['test']:.4g}",
+                            f"; test <= {self.stop_at_error:g}: larger n not run" if stop
+                            else "")
+                if stop:
+                    active.remove(line)
+                    record["stop"] = "reached"
+                self.decisions.append(record)
+            k += 1
+        return trials
+
+    def choice(self, line, n, lrs, metric, test_metric, failed):
+        """The choice among the lrs of one n (None when a trial failed or none finished):
+        choose_lr's dict plus `test`, the chosen lr's mean test error over its repeats."""
+        vals, tests = {}, {}
+        for lr in lrs:
+            ts = self.with_lr(line, n, lr)
+            v = [metric(t) for t in ts]
+            if any(x is None for x in v) or any(failed(t) for t in ts):
+                return None
+            vals[lr], tests[lr] = v, [test_metric(t) for t in ts]
+        c = choose_lr(vals, maximize=self.maximize)
+        if c is None:
+            return None
+        t = [x for x in tests[c["lr"]] if x is not None]
+        c["test"] = sum(t) / len(t) if t else None
+        return c
+
+    def n_values(self):
+        """The n values decided (ascending, de-duplicated): what the ascent ran."""
+        out = []
+        for d in self.decisions:
+            if d["n"] not in out:
+                out.append(d["n"])
+        return out
+
