@@ -15,8 +15,8 @@
 # utils/study_spec.py; utils/study.py runs and analyses any question from them (this script
 # passes its environment to it: `python utils/study.py --env`; `--dry_run` prints the
 # commands). Every transfer: pre-train (skipped when finished), evaluate it, zero-shot on the downstream
-# test set, then downstream sweeps seeds x n_train x lr, fine-tuned from the pre-trained
-# weights and from scratch (utils/sweeps.py: nested random subsets, lr-grid extension); the
+# test set, then downstream sweeps seeds x n_train x lr, from scratch and fine-tuned from the
+# pre-trained weights (utils/sweeps.py: nested random subsets, lr-grid extension); the
 # lr of each n is chosen on VALIDATION error averaged over seeds (utils/scaling_plots.py),
 # which writes the figure and the CSV tables (means and 95% intervals over seeds) to OUT.
 # Every step is resumable: rerun the same command after an interruption. Runs of the same
@@ -26,9 +26,13 @@
 # Environment (defaults per preset): STUDY, PRESET (cpu | paper), ROOT (results root), JOBS
 # (trials at once), SWEEP_FILE, LRS, N_TRAIN, SUBSAMPLES, SEEDS (comma lists replacing the
 # sweep file's values; N_TRAIN replaces SUBSAMPLES), EXTEND_LR (lr-grid extension steps per
-# direction), STUDY_SET (key=value overrides of the downstream runs, e.g. "min_steps=100
-# max_epochs=8"), EXTRA_SET (key=value overrides of EVERY training run, e.g. "max_epochs=1"
-# for a smoke test; it wins over STUDY_SET), TARGETS (target errors), OUT (figure and table
+# direction), LR_SEARCH (grid: every n runs the full lr grid; seeded: each n the previous
+# n's choice and its neighbours; cpu default seeded, paper grid), STUDY_SET (key=value
+# overrides of the downstream runs, e.g. "min_steps=100 max_epochs=8"), PT_SET (key=value
+# overrides of the pre-training runs), EXTRA_SET (key=value overrides of EVERY training run,
+# e.g. "max_epochs=1" for a smoke test; it wins over STUDY_SET and PT_SET), TARGETS (target
+# errors; the from-scratch sweep runs n upwards until its error reaches the smallest, the
+# fine-tuned one then runs the same n), OUT (figure and table
 # directory), PREFIX (output names; default per study), LAUNCHER (prefix of train.py), PYTHON,
 # SHIFTS (Q1: downstream Poisson ranges), SIZES (mode_cut:embed_cut pairs: model sizes of
 # Q2; SIZE1: the one size of Q1, Q3 and Q4), LOSSES (Q3: loss_func values), MIXED_EPOCHS (Q4:

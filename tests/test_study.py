@@ -197,3 +197,39 @@ def test_room_for_longer_n_ranges(tmp_path, monkeypatch):
     write_poisson_set(str(tmp_path / "data" / "study32"), n=16, sizes=(32, 8, 8), tag="k5_10")
     with pytest.raises(UserError, match="has 32 samples but the design asks for 5120"):
         dry_run(tmp_path, study="sizes", sizes="2:4")
+
+
+def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
+    """The from-scratch sweep runs first with --stop_at_error = the smallest target; the
+    fine-tuned sweep then runs the n values the from-scratch ascent ran (its ascent.json;
+    the full range before it ran). lr_search and pt_set per preset, LR_SEARCH checked."""
+    import json
+
+    monkeypatch.chdir(REPO)
+    cmds = dry_run(tmp_path, study="headline", pt_set="max_epochs=30 lr=1e-3",
+                   extra_set="max_epochs=1")
+    sweeps = [c for c in cmds if "utils/sweeps.py" in c]
+    assert [arg(c, "--tag") for c in sweeps] == ["approach=scratch", "approach=finetune"]
+    assert arg(sweeps[0], "--stop_at_error") == "0.05" and "--stop_at_error" not in sweeps[1]
+    assert {arg(c, "--lr_search") for c in sweeps} == {"seeded"}
+    assert "n_train=8,32,64,128,512" in sweeps[1]
+    # pre-training only: its own budget, then EXTRA_SET (wins)
+    pt = next(c for c in cmds if "train.py" in c)
+    assert " ".join(pt).count("--set") == 3 and pt.index("max_epochs=30") < pt.index(
+        "max_epochs=1")
+    assert all("max_epochs=30" not in c for c in sweeps)
+    # the analysis lists the fine-tuned curve first, as before
+    assert [a.rsplit("=", 1)[1] for a in cmds[-1] if "@model=" in a] == ["finetune", "scratch"]
+    # after the from-scratch ascent stopped at n 64: the fine-tuned sweep runs 8, 32, 64
+    scratch = tmp_path / "root" / "sweeps" / arg(sweeps[0], "--name")
+    scratch.mkdir(parents=True)
+    (scratch / "ascent.json").write_text(json.dumps({"n_key": "n_train",
+                                                     "n_values": [8, 32, 64]}))
+    ft = [c for c in dry_run(tmp_path, study="headline") if "utils/sweeps.py" in c][1]
+    values = [ft[i + 1] for i, w in enumerate(ft) if w == "--values"]
+    assert [v for v in values if v.startswith("n_train")] == ["n_train=8,32,64"]
+    paper = dry_run(tmp_path, study="headline", preset="paper")
+    assert {arg(c, "--lr_search") for c in paper if "utils/sweeps.py" in c} == {"grid"}
+    assert resolve({"lr_search": "seeded", "preset": "paper"})["lr_search"] == "seeded"
+    with pytest.raises(UserError, match="LR_SEARCH must be grid or seeded"):
+        resolve({"lr_search": "bayes"})

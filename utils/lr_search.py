@@ -22,19 +22,22 @@ are decided), with these rules (DESIGN.md section 10):
 
 Nothing here touches files or processes: `NAscent.run` gets the runner's callbacks (run a
 batch of trials, read a finished trial's metrics), so the rules are tested without training.
-The decisions are logged and returned (the runner writes them to `ascent.json`).
+The decisions are logged and kept (`record`: the runner writes it to `{sweep_dir}/ascent.json`,
+which the study driver reads for the n values a from-scratch sweep ran: `ran_n`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 from collections import defaultdict
 
 from utils.lr_choice import choose_lr
 
 logger = logging.getLogger(__name__)
 LR_SEARCHES = ("grid", "seeded")
+ASCENT_FILE = "ascent.json"   # in the sweep directory: the n key, the n values run, decisions
 # the training-set size parameters the ascent orders by: (key, larger value = larger n)
 N_KEYS = (("n_train", True), ("subsample", False))
 
@@ -291,3 +294,20 @@ class NAscent:
                 out.append(d["n"])
         return out
 
+    def record(self):
+        """What the runner writes to ASCENT_FILE: the n key, the n values run, decisions."""
+        return dict(n_key=self.n_key, n_values=self.n_values(), lr_search=self.mode,
+                    stop_at_error=self.stop_at_error, decisions=self.decisions)
+
+
+def ran_n(sweep_directory):
+    """(n key, n values) that a sweep's n ascent ran (its ASCENT_FILE), else None (no ascent
+    ran there yet, or it had no n parameter)."""
+    try:
+        with open(os.path.join(sweep_directory, ASCENT_FILE)) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(rec, dict) and rec.get("n_key") and rec.get("n_values"):
+        return rec["n_key"], rec["n_values"]
+    return None

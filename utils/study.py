@@ -7,8 +7,10 @@
 Steps, each skipped when its output exists (rerun the same command after an interruption):
 data (run_gen_data.sh, per transfer the pre-training and the downstream range), pre-training
 (train.py) and its evaluation (eval.py), zero-shot evaluation on the downstream test set,
-the downstream sweeps fine-tuned and from scratch (utils/sweeps.py, which resumes trials
-itself), then the analysis (utils/scaling_plots.py: figure and tables in `out`). Run names
+the downstream sweeps (utils/sweeps.py, which resumes trials itself): from scratch first,
+its n ascent stopping at the question's smallest target (--stop_at_error), then fine-tuned
+over the n values it ran (its ascent.json; a dry run before it ran prints the full n range),
+then the analysis (utils/scaling_plots.py: figure and tables in `out`). Run names
 depend on the pre-training config, the model size and the loss only, so questions sharing a
 root share runs. Paths are relative to the repository root (the driver works there, as
 run_study.sh does). `--dry_run` prints every command it would issue (the skips of finished
@@ -29,6 +31,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 
 from utils.errors import UserError  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
+from utils.lr_search import LR_SEARCHES, ran_n  # noqa: E402
 from utils.run_layout import EVAL_SUMMARY, RunLayout, sweep_dir  # noqa: E402
 from utils.study_spec import (MIXED_BUDGETS, OVERRIDES, PDE_OF_FAMILY, PRESETS,  # noqa: E402
                               QUESTIONS)
@@ -67,7 +70,7 @@ def resolve(overrides):
                mixed_epochs=str(preset.mixed_epochs["steps"]), yaml="", pt="", ft="", sc="",
                shifts=" ".join(t.downstream for t in question.transfers))
     for key in ("root", "jobs", "sweep_file", "lrs", "seeds", "n_train", "subsamples",
-                "extend_lr", "study_set", "out", "size1"):
+                "extend_lr", "lr_search", "study_set", "pt_set", "out", "size1"):
         opt[key] = getattr(preset, key)
     opt["n_train"] = question.n_train.get(preset_name, opt["n_train"])
     opt["targets"] = preset.targets.get(study, preset.targets["default"])
@@ -81,6 +84,9 @@ def resolve(overrides):
     if not budgets or set(budgets) - set(MIXED_BUDGETS):
         raise UserError(f"MIXED_BUDGETS must be a list of {' '.join(MIXED_BUDGETS)} (got "
                         f"'{opt['mixed_budgets']}')")
+    if opt["lr_search"] not in LR_SEARCHES:
+        raise UserError(f"LR_SEARCH must be {' or '.join(LR_SEARCHES)} (got "
+                        f"'{opt['lr_search']}')")
     return opt
 
 
@@ -117,6 +123,7 @@ class Study:
         self.grid = self.question.grid[opt["preset"]]
         self.data_dir = self.preset.data[self.grid]
         self.csvs, self.zero_shot = [], []
+        self.scratch_ran = {}    # {(family, size suffix): (n key, n values) of its scratch sweep}
 
     # ---------------------------------------------------------------------------------- #
     def call(self, cmd, env=None, skip_if=None):
@@ -132,23 +139,27 @@ class Study:
         if code != 0:
             raise StepFailed(cmd, code)
 
-    def sweep_args(self):
-        """utils/sweeps.py arguments shared by every downstream sweep of the study."""
+    def sweep_args(self, ran=None):
+        """utils/sweeps.py arguments shared by every downstream sweep of the study; `ran`:
+        (n key, its values) replacing the study's n range (the n a from-scratch sweep ran)."""
         o = self.opt
         values = ["--values", f"lr={o['lrs']}"]
-        if o["n_train"]:
-            if self._sweep_file_has_subsample():
-                values += ["--values", "subsample="]   # n_train replaces it
-            values += ["--values", f"n_train={o['n_train']}"]
-        elif o["subsamples"]:
-            values += ["--values", f"subsample={o['subsamples']}"]
+        if ran:
+            key, ns = ran[0], ",".join(str(n) for n in ran[1])
+        else:
+            key, ns = ("n_train", o["n_train"]) if o["n_train"] else ("subsample", o["subsamples"])
+        if key == "n_train" and ns and self._sweep_file_has_subsample():
+            values += ["--values", "subsample="]   # n_train replaces it
+        if ns:
+            values += ["--values", f"{key}={ns}"]
         if o["seeds"]:
             values += ["--values", f"seed={o['seeds']}"]
         down = []   # downstream runs only: the study's budget first, so extra_set wins over it
         for kv in o["study_set"].split() + o["extra_set"].split():
             down += ["--set", kv]
         args = ["--sweep", o["sweep_file"], "--root_dir", o["root"], *values,
-                "--extend_lr", o["extend_lr"] or "0", "--jobs", o["jobs"], *down]
+                "--extend_lr", o["extend_lr"] or "0", "--lr_search", o["lr_search"],
+                "--jobs", o["jobs"], *down]
         return args + (["--launcher", o["launcher"]] if o["launcher"] else [])
 
     def _sweep_file_has_subsample(self):
@@ -202,7 +213,9 @@ class Study:
         if not self.analyse_only:
             common = ["--yaml_config", yaml, "--config", cfg, "--run_num", run,
                       "--root_dir", self.opt["root"]]
-            extra = [a for kv in self.opt["extra_set"].split() for a in ("--set", kv)]
+            # pre-training's own budget first, so that extra_set wins over it
+            extra = [a for kv in self.opt["pt_set"].split() + self.opt["extra_set"].split()
+                     for a in ("--set", kv)]
             self.call(self.launch + ["train.py", *common, *extra, *sets],
                       skip_if=layout.train_summary)
             self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt, *sets],
@@ -219,14 +232,25 @@ class Study:
                       skip_if=os.path.join(zs, EVAL_SUMMARY))
         self.zero_shot += ["--zero_shot", f"{panel}={zs}/{EVAL_SUMMARY}"]
 
-    def sweep(self, yaml, cfg, name, approach, panel, sets):
-        """One downstream sweep: one curve of one panel (utils/sweeps.py resumes its trials)."""
+    def sweep(self, yaml, cfg, name, approach, panel, sets, stop=None, ran=None):
+        """One downstream sweep: one curve of one panel (utils/sweeps.py resumes its trials).
+
+        stop: the error at which its n ascent stops (--stop_at_error); ran: (n key, values)
+        replacing the study's n range. Returns the (n key, values) the sweep ran (its
+        ascent.json), or None when it did not run one (yet: a dry run, or no ascent)."""
         if not self.analyse_only:
-            self.call(self.python + ["utils/sweeps.py", *self.sweep_args(), "--yaml_config",
-                                     yaml, "--config", cfg, "--name", name, "--tag",
-                                     f"approach={approach}", *sets])
+            stop_args = ["--stop_at_error", stop] if stop else []
+            self.call(self.python + ["utils/sweeps.py", *self.sweep_args(ran), *stop_args,
+                                     "--yaml_config", yaml, "--config", cfg, "--name", name,
+                                     "--tag", f"approach={approach}", *sets])
         self.csvs.append(f"{sweep_dir(self.opt['root'], name)}/results.csv"
                          f"@model={panel},approach={approach}")
+        return ran_n(sweep_dir(self.opt["root"], name))
+
+    def stop_error(self):
+        """The smallest target error of the question: where the from-scratch ascent stops."""
+        targets = self.opt["targets"].split()
+        return min(targets, key=float) if targets else None
 
     def transfer(self, t, size, loss):
         """Pre-training, zero-shot, fine-tuned and from-scratch sweeps of one transfer."""
@@ -248,9 +272,16 @@ class Study:
         name, panel = t.stem.format(**fmt), t.panel.format(**fmt)
         weights = self.pretrain(yaml, pt, run, sets)
         self.zeroshot(yaml, ft, ft + name_suffix(run), panel, weights, sets)
+        # from scratch first: its n ascent stops once it reaches the smallest target, and
+        # the fine-tuned curve covers the same n (every target then has points on both
+        # sides where the n range allows)
+        ran = self.sweep(yaml, sc, f"{name}_scratch", "scratch", panel, sets,
+                         stop=self.stop_error())
+        if loss == "mse":
+            self.scratch_ran[t.family, sfx] = ran
         self.sweep(yaml, ft, f"{name}_finetune", "finetune", panel,
-                   ["--set", f"pretrained={weights}", *sets])
-        self.sweep(yaml, sc, f"{name}_scratch", "scratch", panel, sets)
+                   ["--set", f"pretrained={weights}", *sets], ran=ran)
+        self.csvs[-2:] = self.csvs[-2:][::-1]   # the analysis lists fine-tuned first, as before
 
     def mixed(self, size):
         """The mixed model per budget, fine-tuned on each task of the question."""
@@ -269,7 +300,8 @@ class Study:
                 self.zeroshot(cfg["yaml"], ft, ft + name_suffix(run),
                               f"{task.panel}|{approach}", weights, sz)
                 self.sweep(cfg["yaml"], ft, f"{self.preset.base}_mixed{bsfx}_{task.task}{sfx}",
-                           approach, task.panel, ["--set", f"pretrained={weights}", *sz])
+                           approach, task.panel, ["--set", f"pretrained={weights}", *sz],
+                           ran=self.scratch_ran.get((task.family, sfx)))
 
     def mixed_scales(self):
         """Union scales of the three pre-training sets (utils/mixed_data.py)."""

@@ -17,8 +17,13 @@ driver's `--set key=value`; see `OVERRIDES`):
     n_train         downstream training-set sizes (comma list; replaces `subsample`)
     subsamples      subsample factors (comma list; only without n_train)
     extend_lr       lr-grid extension steps per direction (utils/sweeps.py --extend_lr)
+    lr_search       'grid' (every n runs the full lr grid) or 'seeded' (every n runs the lr
+                    chosen at the previous n and its neighbours; utils/sweeps.py --lr_search)
     study_set       key=value overrides of the downstream runs (their budget)
-    targets         {question or 'default': target errors of the examples-needed tables}
+    pt_set          key=value overrides of the pre-training runs (e.g. a longer budget so that
+                    pre-training converges; EXTRA_SET still wins over it)
+    targets         {question or 'default': target errors of the examples-needed tables};
+                    the smallest is where the from-scratch n ascent stops (--stop_at_error)
     out, base       figure/table directory; the prefix of run and output names
     data            {grid: data directory}; gen_preset, the run_gen_data.sh preset
     pt_sizes, down_sizes   "train val test" samples of pre-training / downstream sets
@@ -59,7 +64,9 @@ class Preset:
     n_train: str
     subsamples: str
     extend_lr: str
+    lr_search: str
     study_set: str
+    pt_set: str
     targets: dict
     out: str
     base: str
@@ -110,7 +117,8 @@ PRESETS = {
         name="cpu", root="results/study", jobs="2", sweep_file="configs/sweep_seeds.yaml",
         lrs="3e-4,1e-3,3e-3", seeds="0,1,2",
         n_train="8,32,64,128,512",            # random nested subsets of 1024 examples
-        subsamples="", extend_lr="2", study_set="min_steps=100 max_epochs=8",
+        subsamples="", extend_lr="2", lr_search="seeded",
+        study_set="min_steps=100 max_epochs=8", pt_set="",
         # AD and Helmholtz errors are larger
         targets={"default": "0.1 0.07 0.05", "physics": "0.3 0.2 0.1", "mixed": "0.3 0.2 0.1"},
         out="assets", base="study_cpu",
@@ -138,7 +146,8 @@ PRESETS = {
         name="paper", root="results", jobs="1", sweep_file="configs/sweep_config.yaml",
         lrs="1e-5,5e-5,1e-4,5e-4,1e-3", seeds="", n_train="",
         subsamples="1,2,4,8,16,32,64,128,256,512,1024,2048,4096", extend_lr="",
-        study_set="", targets={"default": "0.01"}, out="assets", base="study_paper",
+        lr_search="grid", study_set="", pt_set="", targets={"default": "0.01"}, out="assets",
+        base="study_paper",
         data={128: "data/paper"}, gen_preset="paper",
         pt_sizes=None, down_sizes=None, pt_seed=None, down_seed=None,  # run_gen_data.sh's
         size1="32:64",                                   # the published model (67M parameters)
@@ -207,7 +216,8 @@ OVERRIDES = {
     "analyse_only": ("ANALYSE_ONLY", True), "root": ("ROOT", True), "jobs": ("JOBS", True),
     "sweep_file": ("SWEEP_FILE", True), "lrs": ("LRS", True), "seeds": ("SEEDS", False),
     "n_train": ("N_TRAIN", False), "subsamples": ("SUBSAMPLES", True),
-    "extend_lr": ("EXTEND_LR", True), "study_set": ("STUDY_SET", False),
+    "extend_lr": ("EXTEND_LR", True), "lr_search": ("LR_SEARCH", True),
+    "study_set": ("STUDY_SET", False), "pt_set": ("PT_SET", False),
     "extra_set": ("EXTRA_SET", True), "targets": ("TARGETS", True), "out": ("OUT", True),
     "prefix": ("PREFIX", True), "launcher": ("LAUNCHER", True), "shifts": ("SHIFTS", True),
     "sizes": ("SIZES", True), "size1": ("SIZE1", True), "losses": ("LOSSES", True),
