@@ -133,6 +133,11 @@ def next_step(steps, choice, tried, keep=None):
     return steps[j], f"choice {choice:g} at the {side} edge of the lrs tried", False
 
 
+def _finite(x):
+    """x, or None for a missing or non-finite number (ascent.json is strict JSON)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 def n_key_of(params):
     """The (key, ascending) of the training-set size parameter of a sweep's parameters
     (n_train; else subsample, whose larger values are smaller n), or (None, True)."""
@@ -254,7 +259,8 @@ class NAscent:
                                    label, choice["lr"], why)
                 hist[line].append(dict(n=c["n"], lr=choice["lr"], means=choice["means"],
                                        maximize=self.maximize))
-                record.update(lr=choice["lr"], val=choice["mean"], test=choice["test"])
+                record.update(lr=choice["lr"], val=_finite(choice["mean"]),
+                              test=_finite(choice["test"]))
                 stop = (self.stop_at_error is not None and choice["test"] is not None
                         and choice["test"] <= self.stop_at_error)
                 logger.info("sweep %s: %s: lr %g chosen (validation %.4g, test %s)%s",
