@@ -83,12 +83,13 @@ def ranked(means, maximize=False):
     return sorted(means, key=lambda lr: (sign * means[lr], lr))
 
 
-def first_lrs(steps, grid, mode, history, n_label):
+def first_lrs(steps, grid, mode, history, n_label, maximize=False):
     """The lrs an n starts with, why, and the lr whose window edge is accepted (stable case).
 
     steps: the ladder; grid: the sweep's lr values; mode: 'grid' | 'seeded'; history: the
     previous n of this line, ascending, each dict(n, lr (the choice), means {lr: mean});
-    n_label(n) -> text for the log. Returns (lrs ascending, why, keep lr or None).
+    n_label(n) -> text for the log; maximize: the metric's goal (which mean is second-best).
+    Returns (lrs ascending, why, keep lr or None).
     """
     if mode == "grid" or not history:
         why = "the full grid" + ("" if history else " (smallest n)")
@@ -96,7 +97,7 @@ def first_lrs(steps, grid, mode, history, n_label):
     prev = history[-1]
     i = _index(steps, prev["lr"])
     if len(history) >= 2 and math.isclose(history[-2]["lr"], prev["lr"], rel_tol=1e-9):
-        order = ranked(prev["means"], prev.get("maximize", False))
+        order = ranked(prev["means"], maximize)
         if len(order) < 2:
             return [steps[i]], f"lr {prev['lr']:g} was the only lr at {n_label(prev['n'])}", None
         side = 1 if order[1] > prev["lr"] else -1
@@ -204,76 +205,81 @@ class NAscent:
         run_batch(todo, all_trials): run the trials `todo` (all_trials: every trial decided
         so far, for results.csv); metric(s) / test_metric(s): a finished trial's validation /
         test metric, None when it has none; failed(s): True when trial `s` failed;
-        stopped(): True once the sweep is stopping.
+        stopped(): True once the sweep is stopping. The lines ascend side by side: step k
+        runs the k-th n of every line still going, so trials of several lines run at once.
         """
         trials, active, hist = [], list(self.ns), defaultdict(list)
-        k = 0
-        while active and not stopped():
-            cur = {}
-            new = []
-            for line in active:
-                if k >= len(self.ns[line]):
-                    continue
-                n = self.ns[line][k]
-                lrs, why, keep = first_lrs(self.steps, self.grid, self.mode, hist[line],
-                                           lambda m: self.n_label(m))
-                logger.info("sweep %s: %s: lrs %s (%s)", self.name, self.n_label(n, line),
-                            fmt_lrs(lrs), why)
-                cur[line] = dict(n=n, tried=list(lrs), keep=keep, why=why, added=[])
-                new += [t for lr in lrs for t in self.with_lr(line, n, lr)]
-            if not cur:
-                break
+        reader = (metric, test_metric, failed)
+        for k in range(max(len(v) for v in self.ns.values())):
+            cur = {line: self._open(line, self.ns[line][k], hist[line])
+                   for line in active if k < len(self.ns[line])}
+            new = [t for line, c in cur.items() for lr in c["tried"]
+                   for t in self.with_lr(line, c["n"], lr)]
             while new and not stopped():
                 trials += new
                 run_batch(new, trials)
-                if stopped():
-                    break
-                new = []
-                for line, c in cur.items():
-                    choice = self.choice(line, c["n"], c["tried"], metric, test_metric, failed)
-                    if choice is None:
-                        continue
-                    lr, why, _ = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
-                    if lr is not None:
-                        logger.info("sweep %s: %s: lr %g added (%s)", self.name,
-                                    self.n_label(c["n"], line), lr, why)
-                        c["tried"].append(lr)
-                        c["added"].append(lr)
-                        new += self.with_lr(line, c["n"], lr)
-            if stopped():
+                new = [] if stopped() else self._walk(cur, reader)
+            if stopped() or not cur:
                 break
             for line, c in cur.items():
-                choice = self.choice(line, c["n"], c["tried"], metric, test_metric, failed)
-                label = self.n_label(c["n"], line)
-                record = dict(line=[[k_, json.loads(v)] for k_, v in line], n=c["n"],
-                              lrs=sorted(c["tried"]), why=c["why"], added=c["added"])
-                if choice is None:
-                    logger.error("sweep %s: %s: a trial failed; the larger n of this line run "
-                                 "once a rerun finishes it", self.name, label)
+                if not self._close(line, c, hist[line], reader):
                     active.remove(line)
-                    self.decisions.append(dict(record, stop="failed"))
-                    continue
-                _, why, at_end = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
-                if at_end:
-                    logger.warning("sweep %s: %s: lr %g is %s (raise --extend_lr)", self.name,
-                                   label, choice["lr"], why)
-                hist[line].append(dict(n=c["n"], lr=choice["lr"], means=choice["means"],
-                                       maximize=self.maximize))
-                record.update(lr=choice["lr"], val=_finite(choice["mean"]),
-                              test=_finite(choice["test"]))
-                stop = (self.stop_at_error is not None and choice["test"] is not None
-                        and choice["test"] <= self.stop_at_error)
-                logger.info("sweep %s: %s: lr %g chosen (validation %.4g, test %s)%s",
-                            self.name, label, choice["lr"], choice["mean"],
-                            "n/a" if choice["test"] is None else f"{choice['test']:.4g}",
-                            f"; test <= {self.stop_at_error:g}: larger n not run" if stop
-                            else "")
-                if stop:
-                    active.remove(line)
-                    record["stop"] = "reached"
-                self.decisions.append(record)
-            k += 1
         return trials
+
+    def _open(self, line, n, history):
+        """The lrs an n of `line` starts with (logged); its state while it runs."""
+        lrs, why, keep = first_lrs(self.steps, self.grid, self.mode, history, self.n_label,
+                                   self.maximize)
+        logger.info("sweep %s: %s: lrs %s (%s)", self.name, self.n_label(n, line),
+                    fmt_lrs(lrs), why)
+        return dict(n=n, tried=list(lrs), keep=keep, why=why, added=[])
+
+    def _walk(self, cur, reader):
+        """After a batch: the next ladder lr of each n whose choice lies at the edge of the
+        lrs it ran (module docstring); returns the new trials (all repeats of each lr)."""
+        new = []
+        for line, c in cur.items():
+            choice = self.choice(line, c["n"], c["tried"], *reader)
+            if choice is None:
+                continue
+            lr, why, _ = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
+            if lr is not None:
+                logger.info("sweep %s: %s: lr %g added (%s)", self.name,
+                            self.n_label(c["n"], line), lr, why)
+                c["tried"].append(lr)
+                c["added"].append(lr)
+                new += self.with_lr(line, c["n"], lr)
+        return new
+
+    def _close(self, line, c, history, reader):
+        """An n of `line` has run: record its choice (logged, `decisions`); False when the
+        line's ascent ends here (a failed trial, or the stop error reached)."""
+        choice = self.choice(line, c["n"], c["tried"], *reader)
+        label = self.n_label(c["n"], line)
+        record = dict(line=[[k, json.loads(v)] for k, v in line], n=c["n"],
+                      lrs=sorted(c["tried"]), why=c["why"], added=c["added"])
+        self.decisions.append(record)
+        if choice is None:
+            logger.error("sweep %s: %s: a trial failed or has no metric; the larger n run "
+                         "once a rerun finishes it", self.name, label)
+            record["stop"] = "failed"
+            return False
+        _, why, at_end = next_step(self.steps, choice["lr"], c["tried"], c["keep"])
+        if at_end:
+            logger.warning("sweep %s: %s: lr %g is %s (raise --extend_lr)", self.name, label,
+                           choice["lr"], why)
+        history.append(dict(n=c["n"], lr=choice["lr"], means=choice["means"]))
+        record.update(lr=choice["lr"], val=_finite(choice["mean"]),
+                      test=_finite(choice["test"]))
+        stop = (self.stop_at_error is not None and choice["test"] is not None
+                and choice["test"] <= self.stop_at_error)
+        logger.info("sweep %s: %s: lr %g chosen (validation %.4g, test %s)%s", self.name,
+                    label, choice["lr"], choice["mean"],
+                    "n/a" if choice["test"] is None else f"{choice['test']:.4g}",
+                    f"; test <= {self.stop_at_error:g}: larger n not run" if stop else "")
+        if stop:
+            record["stop"] = "reached"
+        return not stop
 
     def choice(self, line, n, lrs, metric, test_metric, failed):
         """The choice among the lrs of one n (None when a trial failed or none finished):
