@@ -1,8 +1,9 @@
 """THE learning-rate choice of the study: the lr whose metric, averaged over seeds, is best.
 
 One rule serves both places that choose a learning rate:
-- the sweep runner (`utils/sweeps.py`, `--extend_lr`), which extends the lr grid of a group
-  of trials while the chosen lr lies at the edge of the lrs tried;
+- the sweep runner's lr search (`utils/lr_search.py`: `--extend_lr`, which extends the lr
+  grid of a group of trials while the chosen lr lies at the edge of the lrs tried, and the n
+  ascent, which seeds each n's lrs from the previous n's choice);
 - the analysis (`utils/scaling_stats.py` `select_on_validation`), which picks the lr of each
   (model, approach, n_train) whose test error is reported.
 Both choose on the VALIDATION metric; test errors never take part.
