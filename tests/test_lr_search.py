@@ -1,10 +1,14 @@
 """The n ascent's lr rules (utils/lr_search.py) on a stand-in objective: no training."""
+import csv
+import json
 import math
+import os
 
 import pytest
 
 from utils.lr_search import NAscent, extend_step, first_lrs, ladder, next_step
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = [3e-4, 1e-3, 3e-3]
 # stand-in validation error (log10(lr / optimum))^2 + 0.01 * seed; the optimum moves with n
 LR_OPT = {8: 1e-2, 32: 3e-3, 64: 4e-3, 128: 3e-3, 512: 1e-2}
@@ -116,3 +120,75 @@ def test_a_failed_trial_ends_its_lines_ascent():
     assert all(n == 8 for _, n, _ in ran)
     with pytest.raises(ValueError, match="lr search"):
         NAscent(trials(), mode="bayes")
+
+
+# ----------------------------------------------------------------------------- in the runner
+def stand_in_sweep(tmp_path, root, calls, stop_after=None, **kw):
+    """utils/sweeps.py's runner with a stand-in trial (validation `val`, test error 1/n)
+    that stops the sweep (as SIGTERM would) once `stop_after` trials ran."""
+    from utils import sweeps
+
+    (tmp_path / "ops.yaml").write_text("base: {lr: 1.0}\n")
+    cfg = sweeps.override_values(
+        sweeps.load_sweep(os.path.join(REPO, "configs", "sweep_seeds.yaml")),
+        ["lr=3.0e-4,1.0e-3,3.0e-3", "n_train=8,32,64,128,512", "seed=0,1"])
+    sweep = sweeps.LocalSweep(cfg, str(tmp_path / "ops.yaml"), "base", str(root),
+                              sweep_name="asc", jobs=2, extend_lr=2,
+                              trial_fn=lambda name, s: trial(sweep, name, s), **kw)
+
+    def trial(sw, name, settings):
+        calls.append(name)
+        train_summary, _, eval_summary = sw.summary_paths(name)
+        os.makedirs(os.path.dirname(eval_summary), exist_ok=True)
+        with open(train_summary, "w") as f:
+            json.dump({"best_val_rel_l2": val(settings), "n_train": settings["n_train"],
+                       "seed": settings["seed"]}, f)
+        with open(eval_summary, "w") as f:
+            json.dump({"test_rel_l2_mean": 1.0 / settings["n_train"]}, f)
+        if stop_after is not None and len(calls) == stop_after:
+            sw.stop()
+        return True
+    return sweep
+
+
+def test_runner_ascent_stops_at_the_error_and_resumes_with_the_same_decisions(tmp_path):
+    from utils.lr_search import ASCENT_FILE
+
+    full_calls = []
+    path, failed = stand_in_sweep(tmp_path, tmp_path / "full", full_calls, lr_search="seeded",
+                                  stop_at_error=0.01).run()
+    full = json.load(open(os.path.join(os.path.dirname(path), ASCENT_FILE)))
+    assert failed == [] and full["n_values"] == [8, 32, 64, 128]
+    assert [(d["n"], d["lrs"]) for d in full["decisions"]] == [
+        (8, [3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2]), (32, [1e-3, 3e-3, 9e-3, 2.7e-2]),
+        (64, [1e-3, 3e-3, 9e-3]), (128, [3e-3, 9e-3])]
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    # results.csv: every trial run, nothing of n 512
+    assert sorted(r["trial"] for r in rows) == sorted(full_calls)
+    assert len(rows) == 2 * (5 + 4 + 3 + 2) and {r["status"] for r in rows} == {"done"}
+    # stopped inside n 32 (as by SIGTERM), then the same command again
+    first, second = [], []
+    sweep = stand_in_sweep(tmp_path, tmp_path / "res", first, stop_after=13,
+                           lr_search="seeded", stop_at_error=0.01)
+    sweep.run()
+    assert sweep.stopped and 13 <= len(first) < len(full_calls)
+    path, _ = stand_in_sweep(tmp_path, tmp_path / "res", second, lr_search="seeded",
+                             stop_at_error=0.01).run()
+    assert not set(first) & set(second) and len(first) + len(second) == len(full_calls)
+    again = json.load(open(os.path.join(os.path.dirname(path), ASCENT_FILE)))
+    assert again["decisions"] == full["decisions"]
+
+
+def test_runner_ascent_arguments(tmp_path):
+    from utils import sweeps
+
+    with pytest.raises(sweeps.SweepError, match="--lr_search must be"):
+        stand_in_sweep(tmp_path, tmp_path / "r", [], lr_search="bayes")
+    with pytest.raises(sweeps.SweepError, match="positive error"):
+        stand_in_sweep(tmp_path, tmp_path / "r", [], stop_at_error=-1.0)
+    cfg = sweeps.load_sweep(os.path.join(REPO, "configs", "sweep_seeds.yaml"))
+    cfg = sweeps.override_values(cfg, ["n_train="])
+    with pytest.raises(sweeps.SweepError, match="needs an `n_train` or `subsample`"):
+        sweeps.LocalSweep(cfg, str(tmp_path / "ops.yaml"), "base", str(tmp_path),
+                          stop_at_error=0.1, trial_fn=lambda n, s: True)

@@ -1,7 +1,14 @@
-"""The n ascent of a downstream sweep: which learning rates each training-set size n runs.
+"""The learning-rate search of a grid sweep: the lr-grid extension and the n ascent.
 
-`utils/sweeps.py --lr_search seeded` and `--stop_at_error X` run a grid sweep's n values in
-ascending order, one n at a time (every trial of one n finishes before the lrs of the next
+Grid extension (`utils/sweeps.py --extend_lr K`, `extend_lr_grid`): after the grid has run,
+the trials are grouped by every setting except `lr` and `seed` (one group per n, say); where
+the lr chosen on the seed-averaged validation metric (utils/lr_choice.choose_lr) is the
+smallest or largest of the group's lrs, the next lr in that direction (the grid's own
+geometric step, `extend_step`) runs for every seed, until each choice is interior or K steps
+were added in that direction; choices still at an edge are logged as warnings.
+
+n ascent (`utils/sweeps.py --lr_search seeded` and/or `--stop_at_error X`, `NAscent`): a grid
+sweep's n values run in ascending order, one n at a time (every trial of one n finishes before the lrs of the next
 are decided), with these rules (DESIGN.md section 10):
 
 * the LADDER of learning rates is the sweep's lr grid extended geometrically by `extend_lr`
@@ -32,8 +39,12 @@ import logging
 import math
 import os
 from collections import defaultdict
+from numbers import Real
 
+from utils.errors import SweepError
 from utils.lr_choice import choose_lr
+from utils.sweep_files import plain_value, trial_name
+from utils.sweep_results import read_json
 
 logger = logging.getLogger(__name__)
 LR_SEARCHES = ("grid", "seeded")
@@ -139,6 +150,102 @@ def _finite(x):
     return x if x is not None and math.isfinite(x) else None
 
 
+def check_ascent(cfg, lr_search, stop_at_error, lr_key="lr"):
+    """SweepError unless `lr_search` / `stop_at_error` fit the sweep `cfg` (load_sweep's)."""
+    if lr_search not in LR_SEARCHES:
+        raise SweepError(f"--lr_search must be one of {LR_SEARCHES}, got {lr_search!r}")
+    if lr_search == "grid" and stop_at_error is None:
+        return
+    spec = cfg["parameters"].get(lr_key) or {}
+    if cfg["method"] != "grid" or not all(isinstance(v, Real) and v > 0 for v in
+                                          spec.get("values", [spec.get("value")])):
+        raise SweepError(f"--lr_search seeded and --stop_at_error need a grid sweep with "
+                         f"positive `{lr_key}` values")
+    if stop_at_error is not None:
+        if not (isinstance(stop_at_error, Real) and math.isfinite(stop_at_error)
+                and stop_at_error > 0):
+            raise SweepError(f"--stop_at_error must be a positive error, got {stop_at_error!r}")
+        if n_key_of(cfg["parameters"])[0] is None:
+            raise SweepError("--stop_at_error needs an `n_train` or `subsample` parameter to "
+                             "go up in")
+
+
+# ----------------------------------------------------------------------------- grid extension
+def group_key(settings, lr_key="lr", repeat_keys=("seed",)):
+    """The group of a trial: its settings but lr and the repeats, as a hashable tuple."""
+    return tuple(sorted((k, json.dumps(plain_value(v))) for k, v in settings.items()
+                        if k != lr_key and k not in repeat_keys))
+
+
+def lr_choices(trials, base, metric, maximize=False, lr_key="lr", repeat_keys=("seed",)):
+    """Per group of trials (all settings but lr and the repeats): the lr chosen on the metric
+    averaged over repeats (`choose_lr`, the analysis's rule).
+
+    base: the sweep file's lr values; metric(s): a finished trial's metric, else None.
+    Returns {group: dict(lr, lrs, mean, n_below, n_above, edge)}, where `lrs` are the group's
+    learning rates (sorted), n_below / n_above how many lie outside `base`, `edge` 'low' /
+    'high' / '' where the choice lies among the lrs with a finished trial (one such lr counts
+    as 'low'); groups without a finished trial are left out."""
+    base = sorted(float(v) for v in base)
+    groups = defaultdict(lambda: defaultdict(list))
+    for s in trials:
+        value = metric(s)
+        groups[group_key(s, lr_key, repeat_keys)][float(s[lr_key])] += (
+            [] if value is None else [value])
+    out = {}
+    for key, by_lr in groups.items():
+        choice = choose_lr(by_lr, maximize=maximize)
+        if choice is None:
+            continue
+        lrs = sorted(by_lr)
+        out[key] = dict(lr=choice["lr"], lrs=lrs, mean=choice["mean"],
+                        edge="low" if choice["edge"] == "single" else choice["edge"],
+                        n_below=sum(lr < base[0] for lr in lrs),
+                        n_above=sum(lr > base[-1] for lr in lrs))
+    return out
+
+
+def extend_lr_grid(trials, base, extend, metric, run_batch, stopped=lambda: False,
+                   maximize=False, name="sweep", lr_key="lr", repeat_keys=("seed",)):
+    """Add and run lr steps beyond the edge choices until interior or `extend` steps per
+    direction (module docstring). run_batch(new, all_trials) runs the new trials (as for
+    NAscent.run); returns all trials, the added ones last."""
+    def choices():
+        return lr_choices(trials, base, metric, maximize, lr_key, repeat_keys)
+
+    names = {trial_name(s) for s in trials}
+    while True:
+        new = []
+        for key, c in choices().items():
+            lrs = c["lrs"]
+            if c["edge"] == "low" and c["lr"] == lrs[0] and c["n_below"] < extend:
+                edge_lr, step_lr = lrs[0], extend_step(lrs[0], lrs[1])
+            elif c["edge"] == "high" and c["lr"] == lrs[-1] and c["n_above"] < extend:
+                edge_lr, step_lr = lrs[-1], extend_step(lrs[-1], lrs[-2])
+            else:
+                continue
+            for s in trials:
+                if float(s[lr_key]) == edge_lr and group_key(s, lr_key, repeat_keys) == key:
+                    t = dict(s, **{lr_key: step_lr})
+                    if trial_name(t) not in names:
+                        names.add(trial_name(t))
+                        new.append(t)
+        if not new or stopped():
+            break
+        logger.info("sweep %s: learning-rate choice at the grid's edge; %d more trials: %s",
+                    name, len(new), " ".join(trial_name(t) for t in new))
+        trials = trials + new
+        run_batch(new, trials)
+    for key, c in choices().items():
+        if c["edge"]:
+            logger.warning("sweep %s: %s: lr %g is still the %s edge of the grid %s", name,
+                           ", ".join(f"{k}={json.loads(v)}" for k, v in key) or "all trials",
+                           c["lr"], "lower" if c["edge"] == "low" else "upper",
+                           [float(f"{lr:.6g}") for lr in c["lrs"]])
+    return trials
+
+
+# ----------------------------------------------------------------------------- n ascent
 def n_key_of(params):
     """The (key, ascending) of the training-set size parameter of a sweep's parameters
     (n_train; else subsample, whose larger values are smaller n), or (None, True)."""
@@ -315,11 +422,7 @@ class NAscent:
 def ran_n(sweep_directory):
     """(n key, n values) that a sweep's n ascent ran (its ASCENT_FILE), else None (no ascent
     ran there yet, or it had no n parameter)."""
-    try:
-        with open(os.path.join(sweep_directory, ASCENT_FILE)) as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        return None
+    rec = read_json(os.path.join(sweep_directory, ASCENT_FILE))
     if isinstance(rec, dict) and rec.get("n_key") and rec.get("n_values"):
         return rec["n_key"], rec["n_values"]
     return None

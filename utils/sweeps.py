@@ -29,14 +29,14 @@ seed sets the model initialisation, the epoch order and, with `n_train`, the ran
 subset (utils/data_utils.training_rows). results.csv records `seed`, `n_train` and the
 `subset_hash` of the rows each trial trained on.
 
-Learning-rate grid extension (`--extend_lr K`, grid sweeps): after the grid has run, the
-runner groups the trials by every setting except `lr` and `seed` (one group per n, say),
-averages the validation metric over seeds for each lr and, where the best lr is the smallest or
-largest of the group's grid, adds the next lr in that direction with the grid's own geometric
-step (lr_edge**2 / lr_neighbour), for every seed, and runs them; it repeats until each choice is
-interior or K steps were added in that direction. Extended trials are named like any other, so
-a resumed sweep finds them done. Choices still at an edge are logged as warnings. All of it is
-in LocalSweep's section "learning-rate grid extension".
+The learning-rate search (utils/lr_search.py): `--extend_lr K` extends the lr grid of each n
+while the lr chosen on the seed-averaged validation metric lies at its edge (up to K steps per
+direction); `--lr_search seeded` and/or `--stop_at_error X` run the n values in ascending
+order, one n at a time: the smallest n runs the full lr grid, each next n (seeded) only the
+previous n's choice and its neighbours (2 lrs once the choice is stable), with the edge
+extension per n, and `--stop_at_error` stops after the first n whose chosen lr has a mean test
+error (`test_rel_l2_mean`) <= X. The ascent's decisions are logged and written to
+`ascent.json`.
 """
 import argparse
 import json
@@ -48,7 +48,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,13 +61,14 @@ if REPO_ROOT not in sys.path:
 from utils import sweep_results  # noqa: E402
 from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
-from utils.fileio import write_text_atomic  # noqa: E402
-from utils.lr_choice import choose_lr  # noqa: E402
+from utils.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from utils.lr_search import (ASCENT_FILE, LR_SEARCHES, NAscent, check_ascent,  # noqa: E402
+                             extend_lr_grid, lr_choices)
 from utils.run_guard import DirLock, child_of_this_process, file_lock  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 # the sweep-file functions scripts and tests also use from here (`sweeps.load_sweep`, ...)
 from utils.sweep_files import (absolute_path_sets, expand_grid, load_sweep,  # noqa: E402
-                               override_values, plain_value, propose_trials, trial_name,
+                               override_values, propose_trials, trial_name,
                                yaml_text)
 from utils.sweep_workers import WorkerPool  # noqa: E402
 from utils.YParams import read_yaml  # noqa: E402
@@ -78,6 +78,7 @@ EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses th
 ORPHAN_WAIT_S = 120   # how long a trial waits for a run directory another process still holds
 LR_KEY = "lr"
 REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
+TEST_METRIC = "test_rel_l2_mean"   # the test error --stop_at_error compares (results.csv)
 TRIAL_MODES = ("worker", "process")
 
 
@@ -99,6 +100,9 @@ class LocalSweep:
         count: number of trials for random / bayes sweeps.
         extend_lr: grid sweeps: extend each group's lr grid by up to this many steps in each
             direction while its seed-averaged choice is at the grid's edge (module docstring).
+        lr_search: 'grid' (every lr at every n) or 'seeded' (the n ascent, module docstring).
+        stop_at_error: grid sweeps: stop the n ascent after the first n whose chosen lr has
+            a mean test error <= this (None: every n).
         trial_fn: runs one trial, `trial_fn(name, settings) -> bool` (success), leaving
             `summary_paths(name)` behind; default `run_trial` (train.py then eval.py).
             Tests pass a stand-in objective.
@@ -106,7 +110,8 @@ class LocalSweep:
 
     def __init__(self, cfg, yaml_config, config, root_dir, sweep_name=None, sets=(),
                  tags=(), launcher="", jobs=1, count=None, python=sys.executable,
-                 repo_root=REPO_ROOT, extend_lr=0, trial_fn=None, trial_mode="worker"):
+                 repo_root=REPO_ROOT, extend_lr=0, trial_fn=None, trial_mode="worker",
+                 lr_search="grid", stop_at_error=None):
         self.cfg = cfg
         self.yaml_config = os.path.abspath(yaml_config)
         self.config = config
@@ -151,6 +156,8 @@ class LocalSweep:
                     isinstance(v, (int, float)) and v > 0 for v in lr_values):
                 raise SweepError("--extend_lr needs a grid sweep with at least two positive "
                                  f"`{LR_KEY}` values")
+        check_ascent(cfg, lr_search, stop_at_error, LR_KEY)
+        self.lr_search, self.stop_at_error = lr_search, stop_at_error
         swept = set(cfg["parameters"])
         clash = swept & {k for k, _ in (s.partition("=")[::2] for s in self.sets)}
         if clash:
@@ -438,14 +445,21 @@ class LocalSweep:
             names = [trial_name(s) for s in trials]
             if len(set(names)) != len(names):
                 raise SweepError("two grid trials get the same name; check the sweep values")
-            todo = [s for s in trials if not self.is_done(trial_name(s))]
-            logger.info("sweep %s: %d trials, %d done, %d to run (%d at once)",
-                        self.sweep_name, len(trials), len(trials) - len(todo), len(todo),
-                        self.jobs)
-            self.write_results(trials)
-            self._run_batch(todo, trials, failed)
-            if self.extend_lr and not self.stopped:
-                trials = self._extend_lr_grid(trials, failed)
+            if self.lr_search == "seeded" or self.stop_at_error is not None:
+                trials = self._run_ascent(trials, failed)
+            else:
+                todo = [s for s in trials if not self.is_done(trial_name(s))]
+                logger.info("sweep %s: %d trials, %d done, %d to run (%d at once)",
+                            self.sweep_name, len(trials), len(trials) - len(todo), len(todo),
+                            self.jobs)
+                self.write_results(trials)
+                self._run_batch(todo, trials, failed)
+                if self.extend_lr and not self.stopped:
+                    trials = extend_lr_grid(
+                        trials, self.cfg["parameters"][LR_KEY]["values"], self.extend_lr,
+                        self._metric, self._batch_runner(failed),
+                        lambda: self.stopped is not None, self.goal == "maximize",
+                        self.sweep_name, LR_KEY, REPEAT_KEYS)
         else:
             # propose in batches of `jobs` so that bayes sees the finished trials; the
             # proposals are saved first, so a resumed sweep finishes the same trials
@@ -471,78 +485,45 @@ class LocalSweep:
         return path, sorted(failed)
 
 
-    # -- learning-rate grid extension
-    def _metric(self, settings):
-        """The trial's metric (float) when it is done, else None."""
+    # -- learning-rate search (utils/lr_search.py)
+    def _metric(self, settings, key=None):
+        """The trial's metric (or column `key` of its row) when it is done, else None."""
         row = self.trial_row(trial_name(settings), settings)
         try:
-            return float(row[self.metric]) if row["status"] == "done" else None
+            return float(row[key or self.metric]) if row["status"] == "done" else None
         except (TypeError, ValueError):
             return None
 
     def lr_choices(self, trials):
-        """Per group of trials (all settings but lr and seed): the lr chosen on the metric
-        averaged over seeds (`utils/lr_choice.choose_lr`, the analysis's rule). Returns
-        {group: dict(lr, lrs, mean, n_below, n_above, edge)}, where `lrs` are the group's
-        learning rates (sorted), n_below / n_above how many lie outside the sweep file's grid,
-        `edge` 'low' / 'high' / '' where the choice lies among the lrs with a finished trial
-        (one such lr counts as 'low'); groups without a finished trial are left out."""
-        base = sorted(float(v) for v in self.cfg["parameters"][LR_KEY]["values"])
-        groups = defaultdict(lambda: defaultdict(list))
-        for s in trials:
-            key = tuple(sorted((k, json.dumps(plain_value(v))) for k, v in s.items()
-                               if k != LR_KEY and k not in REPEAT_KEYS))
-            value = self._metric(s)
-            groups[key][float(s[LR_KEY])] += [] if value is None else [value]
-        out = {}
-        for key, by_lr in groups.items():
-            choice = choose_lr(by_lr, maximize=self.goal != "minimize")
-            if choice is None:
-                continue
-            lrs = sorted(by_lr)
-            out[key] = dict(lr=choice["lr"], lrs=lrs, mean=choice["mean"],
-                            edge="low" if choice["edge"] == "single" else choice["edge"],
-                            n_below=sum(lr < base[0] for lr in lrs),
-                            n_above=sum(lr > base[-1] for lr in lrs))
-        return out
+        """utils/lr_search.lr_choices of `trials`: per group (all settings but lr and seed)
+        the lr chosen on the metric averaged over seeds, and its edge flags."""
+        return lr_choices(trials, self.cfg["parameters"][LR_KEY]["values"], self._metric,
+                          self.goal == "maximize", LR_KEY, REPEAT_KEYS)
 
-    def _extend_lr_grid(self, trials, failed):
-        """Add and run lr steps beyond the edge choices until interior or `extend_lr` steps."""
-        names = {trial_name(s) for s in trials}
-        while True:
-            new = []
-            for key, c in self.lr_choices(trials).items():
-                lrs = c["lrs"]
-                if c["edge"] == "low" and c["lr"] == lrs[0] and c["n_below"] < self.extend_lr:
-                    edge_lr, step_lr = lrs[0], lrs[0] ** 2 / lrs[1]
-                elif c["edge"] == "high" and c["lr"] == lrs[-1] \
-                        and c["n_above"] < self.extend_lr:
-                    edge_lr, step_lr = lrs[-1], lrs[-1] ** 2 / lrs[-2]
-                else:
-                    continue
-                step_lr = float(f"{step_lr:.6g}")   # 3e-3**2/1e-3 -> 0.009, not 0.0090000001
-                group = dict(key)
-                for s in trials:
-                    if float(s[LR_KEY]) == edge_lr and all(
-                            json.dumps(plain_value(s[k])) == v for k, v in group.items()):
-                        t = dict(s, **{LR_KEY: step_lr})
-                        if trial_name(t) not in names:
-                            names.add(trial_name(t))
-                            new.append(t)
-            if not new or self.stopped:
-                break
-            logger.info("sweep %s: learning-rate choice at the grid's edge; %d more trials: %s",
-                        self.sweep_name, len(new), " ".join(trial_name(t) for t in new))
-            trials = trials + new
-            todo = [s for s in new if not self.is_done(trial_name(s))]
+    def _batch_runner(self, failed):
+        """run_batch(new, trials) of the lr search: results.csv, then the new trials not
+        done yet."""
+        def run_batch(new, trials):
             self.write_results(trials, failed)
-            self._run_batch(todo, trials, failed)
-        for key, c in self.lr_choices(trials).items():
-            if c["edge"]:
-                logger.warning("sweep %s: %s: lr %g is still the %s edge of the grid %s",
-                               self.sweep_name, ", ".join(f"{k}={json.loads(v)}" for k, v in key)
-                               or "all trials", c["lr"], "lower" if c["edge"] == "low"
-                               else "upper", [float(f"{lr:.6g}") for lr in c["lrs"]])
+            self._run_batch([s for s in new if not self.is_done(trial_name(s))], trials,
+                            failed)
+        return run_batch
+
+    def _run_ascent(self, grid, failed):
+        """The n ascent (utils/lr_search.NAscent) over the grid's trials; its decisions go
+        to {sweep_dir}/ascent.json. Returns every trial it decided."""
+        ascent = NAscent(grid, LR_KEY, REPEAT_KEYS, mode=self.lr_search, extend=self.extend_lr,
+                         stop_at_error=self.stop_at_error, maximize=self.goal == "maximize",
+                         name=self.sweep_name)
+        logger.info("sweep %s: n ascent over %s, lr search %s%s (%d at once)",
+                    self.sweep_name, ascent.n_key or "one n", self.lr_search,
+                    "" if self.stop_at_error is None else
+                    f", stopping at a test error <= {self.stop_at_error:g}", self.jobs)
+        trials = ascent.run(self._batch_runner(failed), self._metric,
+                            lambda s: self._metric(s, TEST_METRIC),
+                            failed=lambda s: trial_name(s) in failed,
+                            stopped=lambda: self.stopped is not None)
+        write_json_atomic(os.path.join(self.sweep_dir, ASCENT_FILE), ascent.record())
         return trials
 
 
@@ -576,6 +557,13 @@ def main(argv=None):
                    help="grid sweeps: while the lr chosen on the validation metric averaged "
                         "over seeds is the smallest/largest of an n's grid, add up to K more "
                         "lr values in that direction (grid spacing) and run them (default 0)")
+    p.add_argument("--lr_search", choices=LR_SEARCHES, default="grid",
+                   help="grid: every lr at every n (default); seeded: n in ascending order, "
+                        "each n the lr chosen at the previous n and its neighbours (2 lrs "
+                        "once the choice is stable), --extend_lr per n")
+    p.add_argument("--stop_at_error", type=float, default=None, metavar="X",
+                   help="grid sweeps: run n in ascending order and stop after the first n "
+                        "whose chosen lr has a mean test error (test_rel_l2_mean) <= X")
     p.add_argument("--launcher", default="",
                    help='prefix for train.py, e.g. "torchrun --standalone --nproc_per_node=4" '
                         '(one process per trial)')
@@ -587,7 +575,8 @@ def main(argv=None):
     sweep = LocalSweep(cfg, args.yaml_config, args.config, args.root_dir,
                        sweep_name=args.name, sets=args.sets, tags=args.tag,
                        launcher=args.launcher, jobs=args.jobs, count=args.count,
-                       extend_lr=args.extend_lr, trial_mode=args.trial_mode)
+                       extend_lr=args.extend_lr, trial_mode=args.trial_mode,
+                       lr_search=args.lr_search, stop_at_error=args.stop_at_error)
     path, failed = sweep.run()
     print(path)
     if sweep.stopped:
