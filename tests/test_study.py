@@ -89,7 +89,7 @@ def test_overrides_follow_run_study_variables(tmp_path, monkeypatch):
             resolve(bad)
     sweep = next(c for c in dry_run(tmp_path, study="sizes", sizes="2:4", seeds="")
                  if "utils/sweeps.py" in c)
-    assert "seed=0,1,2" not in sweep and "n_train=8,32,64,128,512" in sweep
+    assert "seed=0,1,2" not in sweep and "n_train=8,32,128,512,1024,2048,4096" in sweep
 
 
 def test_question_4_two_budgets(tmp_path, monkeypatch):
@@ -102,9 +102,18 @@ def test_question_4_two_budgets(tmp_path, monkeypatch):
                 if "train.py" in c and arg(c, "--config") == "mixed-cpu32-pt"}
 
     default = dry_run(tmp_path, study="mixed")
-    assert mixed_training(default) == {"m8w16": "max_epochs=8"}
+    # the cpu preset's converged protocol: the budgets are step caps, the single-PDE cap of
+    # PT_SET and 3x it
+    assert mixed_training(default) == {"m8w16": "max_steps=12000"}
     both = dry_run(tmp_path, study="mixed", mixed_budgets="steps epochs")
-    assert mixed_training(both) == {"m8w16": "max_epochs=8", "m8w16_epochs": "max_epochs=24"}
+    assert mixed_training(both) == {"m8w16": "max_steps=12000",
+                                    "m8w16_epochs": "max_steps=36000"}
+    # a fixed-epoch protocol (no step cap in PT_SET): epochs, 8 (MIXED_EPOCHS) and 24
+    fixed = dry_run(tmp_path, study="mixed", mixed_budgets="steps epochs", pt_set="",
+                    mixed_epochs="8")
+    assert mixed_training(fixed) == {"m8w16": "max_epochs=8", "m8w16_epochs": "max_epochs=24"}
+    assert mixed_training(dry_run(tmp_path, study="mixed", pt_set="max_steps=500")) == {
+        "m8w16": "max_steps=500"}
     names = [arg(c, "--name") for c in both if "utils/sweeps.py" in c]
     assert "study_cpu_mixed_epochs_helm-o10_20_m8w16" in names
     assert "study_cpu_mixed_helm-o10_20_m8w16" in names
@@ -212,7 +221,7 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
     assert [arg(c, "--tag") for c in sweeps] == ["approach=scratch", "approach=finetune"]
     assert arg(sweeps[0], "--stop_at_error") == "0.05" and "--stop_at_error" not in sweeps[1]
     assert {arg(c, "--lr_search") for c in sweeps} == {"seeded"}
-    assert "n_train=8,32,64,128,512" in sweeps[1]
+    assert "n_train=8,32,128,512,1024,2048,4096" in sweeps[1]
     # pre-training only: its own budget, then EXTRA_SET (wins)
     pt = next(c for c in cmds if "train.py" in c)
     assert " ".join(pt).count("--set") == 3 and pt.index("max_epochs=30") < pt.index(

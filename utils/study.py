@@ -288,13 +288,11 @@ class Study:
         o, cfg = self.opt, self.preset.configs["mixed"]
         sz, sfx = size_sets(size)
         for budget in o["mixed_budgets"].split():
-            epochs = o["mixed_epochs"] if budget == "steps" else str(
-                self.preset.mixed_epochs[budget])
             run = run_label(sfx) if budget == "steps" else run_label(sfx, budget)
             approach = "finetune-mixed" + ("" if budget == "steps" else f"-{budget}")
             bsfx = "" if budget == "steps" else f"_{budget}"
             weights = self.pretrain(cfg["yaml"], cfg["pt"], run,
-                                    sz + ["--set", f"max_epochs={epochs}"])
+                                    sz + ["--set", self.mixed_budget(budget)])
             for task in self.question.mixed:
                 ft = cfg["ft"] + task.task
                 self.zeroshot(cfg["yaml"], ft, ft + name_suffix(run),
@@ -302,6 +300,21 @@ class Study:
                 self.sweep(cfg["yaml"], ft, f"{self.preset.base}_mixed{bsfx}_{task.task}{sfx}",
                            approach, task.panel, ["--set", f"pretrained={weights}", *sz],
                            ran=self.scratch_ran.get((task.family, sfx)))
+
+    def mixed_budget(self, budget):
+        """The `--set` of the mixed pre-training's budget. Fixed-epoch protocol: max_epochs
+        (MIXED_EPOCHS for 'steps', the preset's `mixed_epochs` otherwise). With a step cap in
+        PT_SET (converged protocol) the budgets are caps: 'steps' = the single-PDE cap, the
+        other budgets that cap times their epoch ratio to 'steps' (cpu: 24 / 8 = 3, the
+        union of three pre-training sets)."""
+        caps = [kv.partition("=")[2] for kv in self.opt["pt_set"].split()
+                if kv.startswith("max_steps=")]
+        if caps and caps[-1] not in ("", "0", "null"):
+            ratio = self.preset.mixed_epochs[budget] / self.preset.mixed_epochs["steps"]
+            return f"max_steps={round(int(caps[-1]) * ratio)}"
+        epochs = self.opt["mixed_epochs"] if budget == "steps" else str(
+            self.preset.mixed_epochs[budget])
+        return f"max_epochs={epochs}"
 
     def mixed_scales(self):
         """Union scales of the three pre-training sets (utils/mixed_data.py)."""
