@@ -1,7 +1,7 @@
 """Optimizer, learning-rate schedule and step arithmetic of a training run (published keys:
 optimizer, lr, weight_decay, scheduler, max_cosine_lr_epochs; the step budget `min_steps` and
 the validation cadence `val_every_steps`; the early-stopping rule and the plateau schedule of
-converged training: `early_stop_update`, `PlateauSchedule`)."""
+converged training: `early_stop_update`, `EarlyStopping`, `PlateauSchedule`)."""
 import logging
 import math
 
@@ -60,6 +60,46 @@ def early_stop_update(best, bad_checks, value, min_delta):
     if is_improvement(value, best, min_delta):
         return value, 0
     return best, bad_checks + 1
+
+
+class EarlyStopping:
+    """The early-stopping state of a run (`early_stop_patience` P, `early_stop_min_delta`):
+    `update` applies `early_stop_update` at each validation check; the run stops at the P-th
+    check in a row without an improvement (P 0: never, the state is still kept for
+    `capped_while_improving`). `state_dict` is plain values (a checkpoint's `early_stop`)."""
+
+    def __init__(self, patience=0, min_delta=0.0):
+        self.patience, self.min_delta = int(patience or 0), float(min_delta or 0)
+        self.best, self.bad_checks, self.val_checks, self.stopped = math.inf, 0, 0, False
+
+    def update(self, value):
+        """One validation check with loss `value`; True when the run stops at it."""
+        self.val_checks += 1
+        self.best, self.bad_checks = early_stop_update(self.best, self.bad_checks, value,
+                                                       self.min_delta)
+        stop = bool(self.patience) and self.bad_checks >= self.patience
+        self.stopped = self.stopped or stop
+        return stop
+
+    def capped_while_improving(self):
+        """True when the step budget, not convergence, ended the run: it was not stopped early
+        and its validation loss improved (early_stop_update) within the last max(patience, 1)
+        checks, i.e. with early stopping on the stopping rule had not fired, and without it
+        the last check was an improvement."""
+        return (not self.stopped and self.val_checks > 0
+                and self.bad_checks < max(self.patience, 1))
+
+    def state_dict(self):
+        return dict(best=self.best, bad_checks=self.bad_checks, val_checks=self.val_checks,
+                    stopped=self.stopped)
+
+    def load_state_dict(self, state):
+        """Restore a `state_dict` (None or missing keys, from an older checkpoint: fresh)."""
+        state = state or {}
+        self.best = float(state.get("best", math.inf))
+        self.bad_checks = int(state.get("bad_checks", 0))
+        self.val_checks = int(state.get("val_checks", 0))
+        self.stopped = bool(state.get("stopped", False))
 
 
 class PlateauSchedule:

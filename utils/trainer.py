@@ -21,7 +21,7 @@ epochs (unless `max_cosine_lr_epochs` is set).
 
 Converged training (study runs): `max_steps` > 0 makes the run's length a number of optimizer
 steps (the cap); `early_stop_patience: P` > 0 stops it at the validation check that is the
-P-th in a row without a relative improvement of `early_stop_min_delta` (`early_stop_update`);
+P-th in a row without a relative improvement of `early_stop_min_delta` (`EarlyStopping`);
 `scheduler: plateau` is warm-up + constant lr, multiplied by `lr_plateau_factor` after
 `lr_plateau_patience` checks without improvement (`PlateauSchedule`). train_summary.json
 records `stopped_early`, `stop_step`, `best_step`, `max_steps` and `capped_while_improving`.
@@ -36,7 +36,6 @@ written between two checks (on a signal, or by `ckpt_every_s`) may be inside an 
 records `step_in_epoch` (> 0) and the training-loss sums since the last check (`partial`),
 and resume continues with the next batch of the same (seeded) epoch order.
 """
-import json
 import logging
 import math
 import os
@@ -49,54 +48,24 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.checkpoint import (build_model_info, changed_data_file, clean_state_dict,
-                              data_fingerprints, describe_load_error, load_weights,
-                              safe_torch_load, save_checkpoint, scales_from_weights)
+from utils.checkpoint import (build_model_info, clean_state_dict, data_fingerprints,
+                              describe_load_error, load_weights, safe_torch_load,
+                              save_checkpoint, scales_from_weights)
 from utils.data_utils import get_data_loader
 from utils.distributed import get_rng_state, set_rng_state, set_seed, setup_distributed
-from utils.errors import (CheckpointError, ConfigError, DataError, StorageError,
-                          TrainingDiverged, UserError)
+from utils.errors import (CheckpointError, DataError, StorageError, TrainingDiverged,
+                          UserError)
 from utils.fileio import write_json_atomic, write_text_atomic, writing
 from utils.finetune import apply_finetune_mode, export_state_dict, has_adapters
-from utils.config_schema import RESUME_SAFE_KEYS, SCHEMA, config_differences, defaults, param
 from utils.inferencer import autocast_context, evaluate
 from utils.loss_utils import TrainingLoss
-from utils.optim import (PlateauSchedule, adapt_cosine_period, build_optimizer,
-                         build_scheduler, check_interval, early_stop_update, epochs_for_steps)
+from utils.metrics_log import append_metrics, truncate_metrics
+from utils.optim import (EarlyStopping, PlateauSchedule, adapt_cosine_period,
+                         build_optimizer, build_scheduler, check_interval, epochs_for_steps)
 from utils.run_guard import DirLock, pending_stop_signal, refuse_symlinks
 from utils.run_layout import RunLayout
+from utils.train_checks import check_data_unchanged, check_resume_config, check_training_config
 from utils.wandb_log import init_run, log_check
-
-
-# --------------------------------------------------------------------------------------------
-# config checks (the optimizer and schedule live in utils/optim.py)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_params(params):
-    from models.fno import resolve_config
-
-    for key in (k for k, spec in SCHEMA.items() if spec.required == "train"):
-        if params.get(key) is None:
-            raise ConfigError(f"config '{params.config_name}' has no '{key}'")
-    resolve_config(params)   # model sizes: consistent, and the weights fit in memory
-    if params.get("scales_path") is None and params.get("scales") is None:
-        raise ConfigError(f"config '{params.config_name}' has no 'scales_path' (it may be null "
-                          f"only when 'pretrained' is a model that carries its scales)")
-    if int(params.max_epochs) < 1:
-        raise ConfigError(f"max_epochs must be >= 1, got {params.max_epochs}")
-    min_steps = params.min_steps
-    if min_steps is not None and (isinstance(min_steps, bool) or not isinstance(min_steps, int)
-                                  or min_steps < 0):
-        raise ConfigError(f"min_steps must be an integer >= 0 (0 or null: off), got {min_steps!r}")
-    if not float(params.early_stop_min_delta or 0) < 1:
-        raise ConfigError(f"early_stop_min_delta is a relative improvement and must be < 1, "
-                          f"got {params.early_stop_min_delta!r}")
-    if param(params, "scheduler") == "plateau" and not float(params.lr_plateau_factor) < 1:
-        raise ConfigError(f"lr_plateau_factor must be < 1, got {params.lr_plateau_factor!r}")
-    if params.warmup_steps and param(params, "scheduler") != "plateau":
-        raise ConfigError("warmup_steps is the warm-up of `scheduler: plateau`; set that "
-                          "scheduler or warmup_steps 0")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +95,7 @@ class Trainer:
         # without scales_path, normalise as the model this run starts from (its model_info)
         scales_from_weights(params, self.ckpt_path if os.path.isfile(self.ckpt_path)
                             else params.get("pretrained"))
-        _check_params(params)
+        check_training_config(params)
         self.run_name = run_name or os.path.basename(self.run_dir)
         self.world, self.rank, self.local_rank, self.device = setup_distributed()
         self.distributed = dist.is_initialized()
@@ -171,11 +140,7 @@ class Trainer:
         self.check_every = check_interval(params.val_every_steps, self.steps_per_epoch)
         self.ckpt_every_s = float(params.ckpt_every_s or 0)
         # early stopping (patience 0: off; the rule's state is kept for the summary's flag)
-        self.patience = int(params.early_stop_patience or 0)
-        self.min_delta = float(params.early_stop_min_delta or 0)
-        self.stop_best, self.stop_bad_checks = math.inf, 0
-        self.val_checks = 0
-        self.stopped_early = False
+        self.early_stop = EarlyStopping(params.early_stop_patience, params.early_stop_min_delta)
 
         self.epoch = 0           # completed epochs
         self.iters = 0           # optimizer steps taken
@@ -205,7 +170,7 @@ class Trainer:
             with writing(self.ckpt_dir):
                 os.makedirs(self.ckpt_dir, exist_ok=True)
             self._write_hyperparams()
-            self._truncate_metrics()
+            truncate_metrics(self.metrics_path, self.iters, self.epoch)
         self._on_root(prepare, "prepare the run directory")
         logging.info("run %s: %d parameters, %d train / %d val samples, global batch %d "
                      "(%d ranks x %d), device %s%s", self.run_dir, self.n_params, len(self.train_set),
@@ -245,14 +210,10 @@ class Trainer:
             epoch=self.epoch, iters=self.iters, step_in_epoch=self.step_in_epoch,
             partial=partial, best_val_loss=self.best_val_loss,
             best_val_rel_l2=self.best_val_rel_l2, best_epoch=self.best_epoch,
-            best_step=self.best_step, early_stop=self._early_stop_state(),
+            best_step=self.best_step, early_stop=self.early_stop.state_dict(),
             rng_state=get_rng_state(), world_size=self.world,
             config=self.params.to_dict(), model_info=self._model_info(at_check),
             data_fingerprints=self.data_fingerprints)
-
-    def _early_stop_state(self):
-        return dict(best=self.stop_best, bad_checks=self.stop_bad_checks,
-                    val_checks=self.val_checks, stopped=self.stopped_early)
 
     def _model_info(self, at_check=True):
         """model_info with the validation metrics of the weights being saved (none between
@@ -280,7 +241,7 @@ class Trainer:
 
         def write():
             if row is not None:   # the row first: a crash before the checkpoint drops it on resume
-                self._append_metrics(row)
+                append_metrics(self.metrics_path, row)
             if self.params.save_checkpoint and (is_best or latest):
                 ckpt = self._checkpoint(partial, at_check=row is not None)
                 if is_best:  # best first: a crash in between only repeats this check on resume
@@ -320,15 +281,8 @@ class Trainer:
             raise unreadable(e) from e
         # the settings first: a changed model (layers, modes, ...) is a changed setting, named
         # as such, not a state dict that fails to load
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-            # a key the checkpoint lacks (written before the key existed) had its default
-            diff = config_differences({**defaults(), **ckpt["config"]}, self.params.to_dict())
-            if diff:
-                raise ConfigError(
-                    f"cannot resume {self.run_dir} with other settings than its checkpoint "
-                    f"({'; '.join(diff)}); restore them or use a new --run_num (may change on "
-                    f"resume: {', '.join(RESUME_SAFE_KEYS)})")
-        self._check_data_unchanged(ckpt, path)
+        check_resume_config(ckpt, self.params, self.run_dir)
+        check_data_unchanged(ckpt, self.data_fingerprints, self.run_dir, path)
         try:
             self.raw_model.load_state_dict(clean_state_dict(ckpt.get("lora_state")
                                                             or ckpt["model_state"]))
@@ -348,11 +302,7 @@ class Trainer:
         self.best_val_rel_l2 = float(ckpt["best_val_rel_l2"])
         self.best_epoch = int(ckpt.get("best_epoch", 0))
         self.best_step = int(ckpt.get("best_step", self.best_epoch * self.steps_per_epoch))
-        stop = ckpt.get("early_stop") or {}
-        self.stop_best = float(stop.get("best", math.inf))
-        self.stop_bad_checks = int(stop.get("bad_checks", 0))
-        self.val_checks = int(stop.get("val_checks", 0))
-        self.stopped_early = bool(stop.get("stopped", False))
+        self.early_stop.load_state_dict(ckpt.get("early_stop"))
         set_rng_state(ckpt["rng_state"])
         old_world = ckpt.get("world_size", self.world)
         if self.step_in_epoch and old_world != self.world:
@@ -361,21 +311,6 @@ class Trainer:
                             "restarting epoch %d", old_world, self.world, self.epoch + 1)
             self.iters -= self.step_in_epoch
             self.step_in_epoch, self.partial = 0, None
-
-    def _check_data_unchanged(self, ckpt, path):
-        """DataError naming a data file whose content differs from the one the checkpoint
-        was trained on (regenerated at the same path); a warning for a checkpoint written
-        before fingerprints were recorded."""
-        recorded = ckpt.get("data_fingerprints") if isinstance(ckpt, dict) else None
-        if not isinstance(recorded, dict):
-            logging.warning("%s has no data fingerprints (written by an older version): "
-                            "resuming without checking that the data files are unchanged", path)
-            return
-        changed = changed_data_file(recorded, self.data_fingerprints)
-        if changed:
-            raise DataError(f"cannot resume {self.run_dir}: the data file {changed[0]} "
-                            f"({changed[1]}) changed since the checkpoint was written (another "
-                            f"size or content: regenerated?); restore it or use a new --run_num")
 
     def _write_hyperparams(self):
         hp = self.params.to_dict()
@@ -393,38 +328,6 @@ class Trainer:
         """Fingerprint of the training rows (utils.data_utils.subset_hash); '' for a split of
         several files."""
         return getattr(self.train_set, "subset_hash", "")
-
-    def _truncate_metrics(self):
-        """Make metrics.jsonl agree with the checkpoint: keep the rows of the checks it has
-        passed (`iters` <= self.iters, or for a row without `iters` `epoch` <= self.epoch;
-        none on a fresh start), drop later ones (they will be run again) and any torn line
-        (a crash in the middle of an append)."""
-        if not os.path.isfile(self.metrics_path):
-            return
-        with open(self.metrics_path) as f:
-            text = f.read()
-        keep, torn = [], 0
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-                passed = (int(row["iters"]) <= self.iters if "iters" in row
-                          else int(row["epoch"]) <= self.epoch)
-            except (ValueError, TypeError, KeyError):
-                torn += line.strip() != ""
-                continue
-            if passed:
-                keep.append(line + "\n")
-        if torn:
-            logging.warning("%s: dropped %d unreadable line(s) (an interrupted write)",
-                            self.metrics_path, torn)
-        if "".join(keep) != text:
-            write_text_atomic(self.metrics_path, "".join(keep))
-
-    def _append_metrics(self, row):
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        with writing(self.metrics_path), os.fdopen(os.open(self.metrics_path, flags, 0o644),
-                                                    "a") as f:
-            f.write(json.dumps(row) + "\n")
 
     # ---------------------------------------------------------------- signals
     def _on_signal(self, signum, frame):
@@ -486,7 +389,7 @@ class Trainer:
         self._interval_t0 = time.time()
 
     def _finished(self):
-        return self.iters >= self.total_steps or self.stopped_early
+        return self.iters >= self.total_steps or self.early_stop.stopped
 
     def train_one_epoch(self, epoch, wandb_run=None):
         """Train epoch `epoch` (1-based) from its step `self.step_in_epoch` to its end, or to
@@ -597,14 +500,10 @@ class Trainer:
         if is_best:
             self.best_val_loss, self.best_val_rel_l2 = val_loss, val_rel
             self.best_epoch, self.best_step = epoch, self.iters
-        self.val_checks += 1
-        self.stop_best, self.stop_bad_checks = early_stop_update(
-            self.stop_best, self.stop_bad_checks, val_loss, self.min_delta)
-        if self.patience and self.stop_bad_checks >= self.patience:
-            self.stopped_early = True
+        if self.early_stop.update(val_loss):
             logging.info("early stopping at step %d: %d checks without a %g relative "
                          "improvement of the validation loss (best at step %d)", self.iters,
-                         self.stop_bad_checks, self.min_delta, self.best_step)
+                         self.early_stop.bad_checks, self.early_stop.min_delta, self.best_step)
         if isinstance(self.scheduler, PlateauSchedule):
             self.scheduler.on_check(val_loss)
         total = self._allreduce_sum(self._interval_sums())
@@ -627,14 +526,6 @@ class Trainer:
                          "  *best" if is_best else "")
             if wandb_run:
                 log_check(wandb_run, row, examples)
-
-    def _capped_while_improving(self):
-        """True when the step budget, not convergence, ended the run: it was not stopped early
-        and its validation loss improved (early_stop_update) within the last
-        max(early_stop_patience, 1) checks, i.e. with early stopping on the stopping rule had
-        not fired, and without it the last check was an improvement."""
-        return (not self.stopped_early and self.val_checks > 0
-                and self.stop_bad_checks < max(self.patience, 1))
 
     def fit(self):
         """Train to the end of the run. Returns the summary dict (also in train_summary.json),
@@ -668,10 +559,11 @@ class Trainer:
                            n_params=self.n_params, config=self.params.config_name,
                            global_batch_size=self.global_batch, world_size=self.world,
                            iters=self.iters, steps_per_epoch=self.steps_per_epoch,
-                           check_every_steps=self.check_every, val_checks=self.val_checks,
+                           check_every_steps=self.check_every,
+                           val_checks=self.early_stop.val_checks,
                            max_steps=self.total_steps, stop_step=self.iters,
-                           stopped_early=self.stopped_early,
-                           capped_while_improving=self._capped_while_improving(),
+                           stopped_early=self.early_stop.stopped,
+                           capped_while_improving=self.early_stop.capped_while_improving(),
                            seed=int(self.params.seed or 0),
                            subset_hash=self._subset_hash(), run_dir=self.run_dir)
             self._on_root(lambda: write_json_atomic(self.layout.train_summary, summary),
