@@ -114,6 +114,8 @@ def test_question_4_two_budgets(tmp_path, monkeypatch):
     assert mixed_training(fixed) == {"m8w16": "max_epochs=8", "m8w16_epochs": "max_epochs=24"}
     assert mixed_training(dry_run(tmp_path, study="mixed", pt_set="max_steps=500")) == {
         "m8w16": "max_steps=500"}
+    with pytest.raises(UserError, match="PT_SET max_steps must be an integer"):
+        dry_run(tmp_path, study="mixed", pt_set="max_steps=lots")
     names = [arg(c, "--name") for c in both if "utils/sweeps.py" in c]
     assert "study_cpu_mixed_epochs_helm-o10_20_m8w16" in names
     assert "study_cpu_mixed_helm-o10_20_m8w16" in names

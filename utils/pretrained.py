@@ -202,9 +202,10 @@ def stopping_point(weights):
 def export_pretrained(weights, out_dir, overwrite=False, fmt="safetensors"):
     """Write the shippable model of a checkpoint to `out_dir`: float32 weights, no optimizer
     state, and `model_card.json`; the test metrics of the card beside the checkpoint
-    (eval.py) and the run's stopping point (`stopping_point`) are folded in. fmt 'safetensors': `model.safetensors` (no pickle; the
-    model_info is also its metadata key 'model_info', JSON text, so the file is
-    self-contained); 'pt': `model.pt` (torch.save of model_state + model_info).
+    (eval.py) and the run's stopping point (`stopping_point`) are folded in. fmt
+    'safetensors': `model.safetensors` (no pickle; the model_info is also its metadata key
+    'model_info', JSON text, so the file is self-contained); 'pt': `model.pt` (torch.save
+    of model_state + model_info).
     Returns (model path, card path)."""
     from utils.checkpoint import save_safetensors
     from utils.fileio import torch_save_atomic

@@ -310,8 +310,12 @@ class Study:
         caps = [kv.partition("=")[2] for kv in self.opt["pt_set"].split()
                 if kv.startswith("max_steps=")]
         if caps and caps[-1] not in ("", "0", "null"):
+            try:
+                cap = int(caps[-1])
+            except ValueError:
+                raise UserError(f"PT_SET max_steps must be an integer, got {caps[-1]!r}") from None
             ratio = self.preset.mixed_epochs[budget] / self.preset.mixed_epochs["steps"]
-            return f"max_steps={round(int(caps[-1]) * ratio)}"
+            return f"max_steps={round(cap * ratio)}"
         epochs = self.opt["mixed_epochs"] if budget == "steps" else str(
             self.preset.mixed_epochs[budget])
         return f"max_epochs={epochs}"
