@@ -109,6 +109,16 @@ def atomic_path(path):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def read_json(path):
+    """The JSON document in `path`, or None when it is missing or unreadable (e.g. a run not
+    finished yet, or one killed while writing)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write `text` (UTF-8, newlines as given) to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -44,7 +44,7 @@ from numbers import Real
 from utils.errors import SweepError
 from utils.lr_choice import choose_lr
 from utils.sweep_files import plain_value, trial_name
-from utils.sweep_results import read_json
+from utils.fileio import read_json
 
 logger = logging.getLogger(__name__)
 LR_SEARCHES = ("grid", "seeded")

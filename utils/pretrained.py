@@ -16,7 +16,6 @@ this module is the inference API on top of them and the export CLI.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ from utils import pdes  # noqa: E402
 from utils.checkpoint import (UNKNOWN_PDE, info_of, model_state_of,  # noqa: E402
                               read_checkpoint)
 from utils.errors import CheckpointError, DataError, UserError  # noqa: E402
+from utils.fileio import read_json  # noqa: E402
 from utils.model_card import card_path_for, read_card, write_card  # noqa: E402
 from utils.run_layout import MODEL_CARD  # noqa: E402
 
@@ -188,12 +188,7 @@ def stopping_point(weights):
     ckpt_dir = os.path.dirname(os.path.abspath(weights))
     if os.path.basename(weights) != "ckpt_best.tar" or os.path.basename(ckpt_dir) != "checkpoints":
         return {}
-    path = os.path.join(os.path.dirname(ckpt_dir), "train_summary.json")
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return {}
+    summary = read_json(os.path.join(os.path.dirname(ckpt_dir), "train_summary.json"))
     if not isinstance(summary, dict):
         return {}
     return {k: summary[k] for k in STOPPING_KEYS if k in summary}

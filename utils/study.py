@@ -29,6 +29,7 @@ from dataclasses import replace
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.YParams import parse_overrides  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
 from utils.lr_search import LR_SEARCHES, ran_n  # noqa: E402
@@ -307,13 +308,10 @@ class Study:
         PT_SET (converged protocol) the budgets are caps: 'steps' = the single-PDE cap, the
         other budgets that cap times their epoch ratio to 'steps' (cpu: 24 / 8 = 3, the
         union of three pre-training sets)."""
-        caps = [kv.partition("=")[2] for kv in self.opt["pt_set"].split()
-                if kv.startswith("max_steps=")]
-        if caps and caps[-1] not in ("", "0", "null"):
-            try:
-                cap = int(caps[-1])
-            except ValueError:
-                raise UserError(f"PT_SET max_steps must be an integer, got {caps[-1]!r}") from None
+        cap = parse_overrides(self.opt["pt_set"].split()).get("max_steps")
+        if cap:
+            if isinstance(cap, bool) or not isinstance(cap, int):
+                raise UserError(f"PT_SET max_steps must be an integer, got {cap!r}")
             ratio = self.preset.mixed_epochs[budget] / self.preset.mixed_epochs["steps"]
             return f"max_steps={round(cap * ratio)}"
         epochs = self.opt["mixed_epochs"] if budget == "steps" else str(

@@ -9,24 +9,12 @@ trial; the analysis (utils/scaling_stats.py) reads it. A row's columns, in order
     appears once, with the value the run reported), the --tag columns, config, status
     (done: the evaluation summary exists; failed; pending), run_dir
 """
-import json
-
-from utils.fileio import write_csv_atomic
+from utils.fileio import read_json, write_csv_atomic
 
 RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
                  "best_epoch", "epochs", "iters", "stopped_early",
                  "capped_while_improving", "test_rel_l2_mean", "test_rel_l2_median",
                  "n_test", "n_params")
-
-
-def read_json(path):
-    """The JSON document in `path`, or None when it is missing or unreadable (a trial not run
-    yet, or one killed while writing)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def trial_row(name, settings, train_summary, eval_summary, *, config, run_dir, tags=None,

@@ -61,7 +61,7 @@ if REPO_ROOT not in sys.path:
 from utils import sweep_results  # noqa: E402
 from utils.cli import cli, report  # noqa: E402
 from utils.errors import SweepError, UserError  # noqa: E402
-from utils.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from utils.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from utils.lr_search import (ASCENT_FILE, LR_SEARCHES, NAscent, check_ascent,  # noqa: E402
                              extend_lr_grid, lr_choices)
 from utils.run_guard import DirLock, child_of_this_process, file_lock  # noqa: E402
@@ -198,7 +198,7 @@ class LocalSweep:
         return os.path.join(self.sweep_dir, "trials.json")
 
     def _load_proposed(self):
-        data = sweep_results.read_json(self._trials_file())
+        data = read_json(self._trials_file())
         return [] if data is None else [dict(t) for t in data]
 
     def _propose(self, known, n):
@@ -399,7 +399,7 @@ class LocalSweep:
         records them in {sweep_dir}/sweep.json."""
         path = os.path.join(self.sweep_dir, "sweep.json")
         fixed = {"config": self.config, "sets": sorted(self.sets)}
-        old = sweep_results.read_json(path)
+        old = read_json(path)
         if old is not None and isinstance(old.get("sets"), list):
             # a sweep.json of a runner that passed relative --set paths on: its trials read
             # them in the repository root, where they ran
