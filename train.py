@@ -15,6 +15,8 @@ are intact).
 """
 import argparse
 import logging
+import os
+import sys
 
 from utils.cli import cli
 from utils.malloc_tuning import configure_malloc
@@ -178,5 +180,24 @@ def main(argv=None):
         restore_signals()
     logging.shutdown()
 
+
+def exit_launched_rank():
+    """End a finished rank of a launched job (torchrun, srun) without the C++ exit handlers.
+
+    Everything is written and closed by now (atomic checkpoints, metrics, logs, W&B torn down
+    below) and the process group is destroyed. A normal exit would still run the C++ static
+    destructors, where gloo's background threads can abort a finished rank ("terminate called
+    without an active exception", rare, seen on loaded CPU machines); torchrun then reports the
+    whole job as failed although its work is complete. os._exit skips them.
+    """
+    if "wandb" in sys.modules:   # its service process is stopped by an exit handler we skip
+        sys.modules["wandb"].teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    main()
+    main()   # user errors and signals leave through sys.exit with their own status
+    if "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("WORLD_SIZE", "1") != "1":
+        exit_launched_rank()

@@ -10,8 +10,21 @@ from tests.helpers import child_pids, tiny_config, write_poisson_set
 from utils.YParams import REPO_ROOT
 
 
+# Marks each process that runs Python's exit handlers: a launched rank must skip them (it
+# ends with os._exit once its work is written; train.exit_launched_rank says why).
+EXIT_MARKER = """import atexit, os
+atexit.register(lambda: open(os.path.join(os.environ["EXIT_MARK_DIR"],
+                f"{os.environ.get('RANK', 'none')}-{os.getpid()}"), "w").close())
+"""
+
+
 def run(cmd, tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(EXIT_MARKER)
+    # faulthandler: a rank that aborts prints its Python stack (where, if it ever happens)
+    env = dict(os.environ, WANDB_MODE="disabled", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               PYTHONFAULTHANDLER="1", PYTHONPATH=str(site), EXIT_MARK_DIR=str(site))
     res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -25,8 +38,12 @@ def test_two_ranks_equal_one_process(tmp_path):
                       optimizer="sgd")  # SGD: a wrong gradient scale would show (Adam hides it)
     args = ["train.py", "--yaml_config", cfg, "--config", "tiny", "--root_dir", str(tmp_path / "res")]
     run([sys.executable, *args, "--run_num", "one"], tmp_path)
+    assert [p.name.split("-")[0] for p in (tmp_path / "site").glob("*-*")] == ["none"]
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          *args, "--run_num", "two"], tmp_path)
+    # the single process exited normally, torchrun's agent too; ranks 0 and 1 took os._exit
+    marks = sorted(p.name.split("-")[0] for p in (tmp_path / "site").glob("*-*"))
+    assert marks == ["none", "none"], marks
     ck = {r: torch.load(tmp_path / f"res/expts/tiny/{r}/checkpoints/ckpt.tar", weights_only=False)
           for r in ("one", "two")}
     assert ck["one"]["iters"] == ck["two"]["iters"] == 2 * (44 // 8)
