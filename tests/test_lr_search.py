@@ -192,3 +192,27 @@ def test_runner_ascent_arguments(tmp_path):
     with pytest.raises(sweeps.SweepError, match="needs an `n_train` or `subsample`"):
         sweeps.LocalSweep(cfg, str(tmp_path / "ops.yaml"), "base", str(tmp_path),
                           stop_at_error=0.1, trial_fn=lambda n, s: True)
+
+
+def test_runner_ascent_with_a_step_cap_per_n(tmp_path):
+    """--set_for caps of n 64 and 128 (their trials' settings and names) leave the ascent
+    as it was: one line, the same decisions, the cap in the results of those n only."""
+    from utils.lr_search import ASCENT_FILE
+
+    plain, capped = [], []
+    ref, _ = stand_in_sweep(tmp_path, tmp_path / "plain", plain, lr_search="seeded",
+                            stop_at_error=0.01).run()
+    path, failed = stand_in_sweep(
+        tmp_path, tmp_path / "capped", capped, lr_search="seeded", stop_at_error=0.01,
+        set_for=[("n_train=64", "max_steps=300"), ("n_train=128", "max_steps=400")]).run()
+    assert failed == []
+    decisions = [json.load(open(os.path.join(os.path.dirname(p), ASCENT_FILE)))["decisions"]
+                 for p in (ref, path)]
+    assert decisions[0] == decisions[1]
+    cap = {"64": "_maxsteps300", "128": "_maxsteps400"}
+    assert sorted(capped) == sorted(t + cap.get(t.split("_n")[1].split("_")[0], "")
+                                    for t in plain)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["n_train"]: r["max_steps"] for r in rows} == {
+        "8": "", "32": "", "64": "300", "128": "400"}

@@ -244,3 +244,40 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
     assert resolve({"lr_search": "seeded", "preset": "paper"})["lr_search"] == "seeded"
     with pytest.raises(UserError, match="LR_SEARCH must be grid or seeded"):
         resolve({"lr_search": "bayes"})
+
+
+def test_step_cap_grows_with_n(tmp_path, monkeypatch):
+    """The cpu preset's step caps per n (STEP_CAPS_DOWN) reach every downstream sweep as
+    --set_for flags of the n it runs; they need the budget's step cap; paper has none."""
+    import json
+
+    monkeypatch.chdir(REPO)
+
+    def set_for(cmd):
+        return [tuple(cmd[i + 1:i + 3]) for i, w in enumerate(cmd) if w == "--set_for"]
+
+    sweeps = [c for c in dry_run(tmp_path, study="physics") if "utils/sweeps.py" in c]
+    assert len(sweeps) == 8      # 2 transfers x 2 losses x (scratch, fine-tuned)
+    assert all(set_for(c) == [("n_train=4096", "max_steps=30000")] for c in sweeps)
+    # after the from-scratch ascent stopped at n 64 the fine-tuned sweep runs no n = 4096
+    mixed = [c for c in dry_run(tmp_path, study="mixed", step_caps="32:500 4096:40000")
+             if "utils/sweeps.py" in c]
+    assert {tuple(set_for(c)) for c in mixed} == {
+        (("n_train=32", "max_steps=500"), ("n_train=4096", "max_steps=40000"))}
+    scratch = tmp_path / "root" / "sweeps" / arg(sweeps[0], "--name")
+    scratch.mkdir(parents=True)
+    (scratch / "ascent.json").write_text(json.dumps({"n_key": "n_train",
+                                                     "n_values": [8, 32, 64]}))
+    ft = [c for c in dry_run(tmp_path, study="physics") if "utils/sweeps.py" in c][1]
+    assert "n_train=8,32,64" in ft and set_for(ft) == []
+    # a fixed-epoch budget, EXTRA_SET's cap or no n_train range: the preset's caps drop out
+    for over in (dict(study_set="max_epochs=8"), dict(extra_set="max_steps=2"),
+                 dict(n_train="", subsamples="1,2")):
+        assert not any("--set_for" in c for c in dry_run(tmp_path, study="physics", **over))
+    assert not any("--set_for" in c for c in dry_run(tmp_path, study="physics",
+                                                     preset="paper"))
+    for over, msg in [(dict(step_caps="4096"), "STEP_CAPS must be N:STEPS"),
+                      (dict(step_caps="4096:0"), "STEP_CAPS must be N:STEPS"),
+                      (dict(step_caps="4096:9", study_set="max_epochs=8"), "needs one there")]:
+        with pytest.raises(UserError, match=msg):
+            resolve(over)

@@ -292,3 +292,25 @@ def test_dead_workers_are_replaced(tmp_path):
     assert len(pids) == 6
     # the worker that died during its trial and the one that died before were replaced
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+
+
+def test_set_for_gives_one_n_its_own_step_cap(tmp_path):
+    """`--set_for n_train=16 max_steps=3` reaches the n = 16 trials only (their config and
+    name; the --set cap stays with n = 8), and results.csv records each trial's cap."""
+    data = write_poisson_set(str(tmp_path / "data"), n=16, sizes=(32, 8, 8))
+    cfg = tiny_config(tmp_path, data, max_epochs=2, batch_size=4, in_memory=True)
+    sweep = _sweep_file(tmp_path / "s.yaml", "cap", {"lr": [1.0e-3], "n_train": [8, 16]})
+    out = subprocess.run(
+        [sys.executable, "utils/sweeps.py", "--sweep", sweep, "--yaml_config", cfg,
+         "--config", "tiny", "--root_dir", str(tmp_path / "res"), "--set", "max_steps=2",
+         "--set_for", "n_train=16", "max_steps=3"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = _results(out.stdout.strip().splitlines()[-1])
+    assert sorted(rows) == ["lr1em3_n16_maxsteps3", "lr1em3_n8"]
+    run = tmp_path / "res" / "sweeps" / "cap" / "expts" / "tiny"
+    for trial, cap in (("lr1em3_n8", 2), ("lr1em3_n16_maxsteps3", 3)):
+        hyper = yaml.safe_load((run / trial / "hyperparams.yaml").read_text())
+        assert hyper["max_steps"] == cap
+        assert rows[trial]["status"] == "done"
+        assert (rows[trial]["max_steps"], rows[trial]["iters"]) == (str(cap), str(cap))

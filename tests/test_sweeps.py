@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from utils import sweep_files, sweeps
+from utils.errors import UserError
 from utils.sweeps import LocalSweep, SweepError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -534,3 +535,37 @@ def test_runner_never_starts_a_second_trainer_on_a_busy_trial(fake_repo, tmp_pat
     assert failed == ["lr1em4_s1"]
     calls = _calls(str(tmp_path / "res"))
     assert ["train.py", "lr1em4_s1"] not in calls and len(calls) == 3
+
+
+def test_set_for_user_errors(fake_repo, tmp_path):
+    """--set_for: an unknown key, a bad value, a value the sweep does not have, a parameter
+    that is not swept (or is the lr / the seed), a non-grid sweep: one-line errors at the
+    start, nothing run."""
+    cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+    for pair, msg in [(("subsample=2", "max_stepz=9"), "unknown key 'max_stepz'"),
+                      (("subsample=2", "max_steps=lots"), "max_steps must be"),
+                      (("subsample=3", "max_steps=9"), "subsample=3 is not one of"),
+                      (("n_train=2", "max_steps=9"), "'n_train' must be a swept parameter"),
+                      (("lr=1.0e-4", "max_steps=9"), "'lr' must be a swept parameter"),
+                      (("subsample=2", "lr=1"), "'lr' is a swept parameter"),
+                      (("subsample", "max_steps=9"), "expects PARAM=VALUE KEY=VALUE")]:
+        with pytest.raises(UserError, match=msg):
+            LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", str(tmp_path),
+                       repo_root=str(fake_repo), set_for=[pair])
+    with pytest.raises(SweepError, match="given twice"):
+        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", str(tmp_path),
+                   repo_root=str(fake_repo), set_for=[("subsample=2", "max_steps=9"),
+                                                      ("subsample=2", "max_steps=8")])
+    with pytest.raises(SweepError, match="need a grid sweep"):
+        LocalSweep(dict(cfg, method="random"), str(fake_repo / "ops.yaml"), "base",
+                   str(tmp_path), count=2, repo_root=str(fake_repo),
+                   set_for=[("subsample=2", "max_steps=9")])
+    assert not os.path.exists(tmp_path / "sweeps")
+    # the CLI: one line on stderr, exit status 2
+    out = subprocess.run([sys.executable, "utils/sweeps.py", "--sweep",
+                          str(fake_repo / "sweep.yaml"), "--yaml_config",
+                          str(fake_repo / "ops.yaml"), "--config", "base", "--root_dir",
+                          str(tmp_path), "--set_for", "subsample=64", "max_steps=9"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "subsample=64 is not one of" in out.stderr

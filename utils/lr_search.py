@@ -263,15 +263,18 @@ class NAscent:
         lr_key, repeat_keys: the lr setting; the settings averaged over (seed).
         mode: 'grid' | 'seeded'; extend: `--extend_lr` steps; stop_at_error: X or None.
         maximize: the metric's goal; name: the sweep (log lines).
+        follow: settings that follow another setting (`--set_for`, e.g. a step cap per n):
+            not part of a line, so that an n with its own cap stays on the line of the others.
     """
 
     def __init__(self, trials, lr_key="lr", repeat_keys=("seed",), mode="seeded", extend=0,
-                 stop_at_error=None, maximize=False, name="sweep"):
+                 stop_at_error=None, maximize=False, name="sweep", follow=()):
         if mode not in LR_SEARCHES:
             raise ValueError(f"lr search must be one of {LR_SEARCHES}, got {mode!r}")
         self.lr_key, self.repeat_keys = lr_key, tuple(repeat_keys)
         self.mode, self.stop_at_error, self.maximize, self.name = (
             mode, stop_at_error, maximize, name)
+        self.follow = frozenset(follow)
         params = {k for s in trials for k in s}
         self.n_key, up = n_key_of(params)
         self.grid = sorted({float(s[lr_key]) for s in trials})
@@ -294,7 +297,7 @@ class NAscent:
         self.decisions = []
 
     def line_of(self, s):
-        skip = {self.lr_key, self.n_key, *self.repeat_keys}
+        skip = {self.lr_key, self.n_key, *self.repeat_keys, *self.follow}
         return tuple(sorted((k, json.dumps(v)) for k, v in s.items() if k not in skip))
 
     def n_label(self, n, line=()):

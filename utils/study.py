@@ -73,6 +73,7 @@ def resolve(overrides):
     for key in ("root", "jobs", "sweep_file", "lrs", "seeds", "n_train", "subsamples",
                 "extend_lr", "lr_search", "study_set", "pt_set", "out", "size1"):
         opt[key] = getattr(preset, key)
+    opt["step_caps"] = " ".join(f"{n}:{cap}" for n, cap in sorted(preset.step_caps.items()))
     opt["n_train"] = question.n_train.get(preset_name, opt["n_train"])
     opt["targets"] = preset.targets.get(study, preset.targets["default"])
     opt["sizes"] = {"sizes": preset.sizes, "default": "default"}.get(question.sizes, "")
@@ -88,7 +89,32 @@ def resolve(overrides):
     if opt["lr_search"] not in LR_SEARCHES:
         raise UserError(f"LR_SEARCH must be {' or '.join(LR_SEARCHES)} (got "
                         f"'{opt['lr_search']}')")
+    # the caps per n replace the step cap of the downstream budget at their n: without one
+    # (a fixed-epoch STUDY_SET), with EXTRA_SET's (it wins over the study's budget) or
+    # without an n_train range the preset's caps do not apply; caps asked for are an error
+    caps = step_caps(opt["step_caps"])
+    capped = (parse_overrides(opt["study_set"].split()).get("max_steps")
+              and "max_steps" not in parse_overrides(opt["extra_set"].split())
+              and opt["n_train"])
+    if caps and not capped:
+        if "step_caps" in given:
+            raise UserError("STEP_CAPS replaces the step cap (max_steps) of STUDY_SET at "
+                            "some n_train: it needs one there, none in EXTRA_SET and an "
+                            "N_TRAIN range")
+        opt["step_caps"] = ""
     return opt
+
+
+def step_caps(text):
+    """STEP_CAPS text "N:STEPS N:STEPS" -> {n_train: max_steps} (positive integers)."""
+    caps = {}
+    for item in text.split():
+        n, colon, cap = item.partition(":")
+        if not (colon and n.isdigit() and cap.isdigit() and int(n) > 0 and int(cap) > 0):
+            raise UserError(f"STEP_CAPS must be N:STEPS pairs of positive integers (n_train "
+                            f"and its max_steps), got '{item}'")
+        caps[int(n)] = int(cap)
+    return caps
 
 
 def size_sets(size):
@@ -158,6 +184,10 @@ class Study:
         down = []   # downstream runs only: the study's budget first, so extra_set wins over it
         for kv in o["study_set"].split() + o["extra_set"].split():
             down += ["--set", kv]
+        caps = step_caps(o["step_caps"])    # the budget's step cap at the n listed (resolve)
+        for n in ns.split(",") if caps and key == "n_train" else ():   # the n it runs
+            if n.strip().isdigit() and int(n) in caps:
+                down += ["--set_for", f"n_train={int(n)}", f"max_steps={caps[int(n)]}"]
         args = ["--sweep", o["sweep_file"], "--root_dir", o["root"], *values,
                 "--extend_lr", o["extend_lr"] or "0", "--lr_search", o["lr_search"],
                 "--jobs", o["jobs"], *down]

@@ -8,11 +8,15 @@ trial; the analysis (utils/scaling_stats.py) reads it. A row's columns, in order
     trial, the swept settings, RESULT_FIELDS (a field that is also a setting, n_train or seed,
     appears once, with the value the run reported), the --tag columns, config, status
     (done: the evaluation summary exists; failed; pending), run_dir
+
+`max_steps` is the trial's step cap as the trainer ran it (train_summary.json: `max_steps`
+when set, else the fixed budget's epochs x steps per epoch), so that every reading says
+what budget it rests on (a `--set_for` cap per n included).
 """
 from utils.fileio import read_json, write_csv_atomic
 
 RESULT_FIELDS = ("n_train", "seed", "subset_hash", "best_val_rel_l2", "best_val_loss",
-                 "best_epoch", "epochs", "iters", "stopped_early",
+                 "best_epoch", "epochs", "iters", "max_steps", "stopped_early",
                  "capped_while_improving", "test_rel_l2_mean", "test_rel_l2_median",
                  "n_test", "n_params")
 

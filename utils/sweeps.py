@@ -37,6 +37,14 @@ previous n's choice and its neighbours (2 lrs once the choice is stable), with t
 extension per n, and `--stop_at_error` stops after the first n whose chosen lr has a mean test
 error (`test_rel_l2_mean`) <= X. The ascent's decisions are logged and written to
 `ascent.json`.
+
+Per-n settings: `--set_for n_train=4096 max_steps=30000` (repeatable) sets `max_steps=30000`
+for the trials whose `n_train` is 4096 only (any swept parameter but `lr` and `seed` selects;
+e.g. a step cap that grows with the training set). The setting wins over `--set` and becomes
+part of those trials' settings, hence of their names (`lr1em3_n4096_seed0_maxsteps30000`)
+and of results.csv: a rerun with another per-n value runs new trials instead of reusing
+ones trained with the old value, and the trials of the other n stay valid (DESIGN.md
+section 10).
 """
 import argparse
 import json
@@ -103,6 +111,9 @@ class LocalSweep:
         lr_search: 'grid' (every lr at every n) or 'seeded' (the n ascent, module docstring).
         stop_at_error: grid sweeps: stop the n ascent after the first n whose chosen lr has
             a mean test error <= this (None: every n).
+        set_for: grid sweeps: per-value settings, pairs (`PARAM=VALUE`, `KEY=VALUE`): KEY is
+            set to VALUE in the settings of the trials whose swept PARAM has that value
+            (`--set_for`; checked by `check_set_for`).
         trial_fn: runs one trial, `trial_fn(name, settings) -> bool` (success), leaving
             `summary_paths(name)` behind; default `run_trial` (train.py then eval.py).
             Tests pass a stand-in objective.
@@ -111,7 +122,7 @@ class LocalSweep:
     def __init__(self, cfg, yaml_config, config, root_dir, sweep_name=None, sets=(),
                  tags=(), launcher="", jobs=1, count=None, python=sys.executable,
                  repo_root=REPO_ROOT, extend_lr=0, trial_fn=None, trial_mode="worker",
-                 lr_search="grid", stop_at_error=None):
+                 lr_search="grid", stop_at_error=None, set_for=()):
         self.cfg = cfg
         self.yaml_config = os.path.abspath(yaml_config)
         self.config = config
@@ -162,6 +173,7 @@ class LocalSweep:
         clash = swept & {k for k, _ in (s.partition("=")[::2] for s in self.sets)}
         if clash:
             raise SweepError(f"--set {sorted(clash)} clashes with the sweep's own parameters")
+        self.set_for = check_set_for(cfg, set_for)
         self._check_config()
         # reentrant: `stop` runs as a signal handler, maybe in the thread that holds it
         self._lock = threading.RLock()
@@ -441,7 +453,7 @@ class LocalSweep:
         self._check_fixed_settings()
         failed = set()
         if self.cfg["method"] == "grid":
-            trials = expand_grid(self.cfg)
+            trials = with_set_for(expand_grid(self.cfg), self.set_for)
             names = [trial_name(s) for s in trials]
             if len(set(names)) != len(names):
                 raise SweepError("two grid trials get the same name; check the sweep values")
@@ -514,7 +526,8 @@ class LocalSweep:
         to {sweep_dir}/ascent.json. Returns every trial it decided."""
         ascent = NAscent(grid, LR_KEY, REPEAT_KEYS, mode=self.lr_search, extend=self.extend_lr,
                          stop_at_error=self.stop_at_error, maximize=self.goal == "maximize",
-                         name=self.sweep_name)
+                         name=self.sweep_name,
+                         follow={key for _, _, key, _ in self.set_for})
         logger.info("sweep %s: n ascent over %s, lr search %s%s (%d at once)",
                     self.sweep_name, ascent.n_key or "one n", self.lr_search,
                     "" if self.stop_at_error is None else
@@ -525,6 +538,53 @@ class LocalSweep:
                             stopped=lambda: self.stopped is not None)
         write_json_atomic(os.path.join(self.sweep_dir, ASCENT_FILE), ascent.record())
         return trials
+
+
+def check_set_for(cfg, pairs):
+    """The `--set_for` pairs (`PARAM=VALUE`, `KEY=VALUE`) of grid sweep `cfg`, checked ->
+    [(param, value, key, setting)]. PARAM must be a swept parameter other than the lr and the
+    repeats (the lr choice compares trials that differ only in those), VALUE one of its
+    values; KEY=VALUE is checked like a train.py --set (utils/config_schema.py; a relative
+    path made absolute as `absolute_path_sets` does) and must not be a swept parameter.
+    A SweepError / ConfigError (one line) otherwise."""
+    from utils.config_schema import validate
+    from utils.YParams import parse_overrides
+
+    out, seen = [], set()
+    for select, item in pairs or ():
+        where = f"--set_for {select} {item}"
+        if "=" not in select or "=" not in item:
+            raise SweepError(f"{where}: expects PARAM=VALUE KEY=VALUE")
+        if cfg["method"] != "grid":
+            raise SweepError(f"{where}: per-value settings need a grid sweep")
+        (param, value), = parse_overrides([select]).items()
+        params = cfg["parameters"]
+        if param not in params or param == LR_KEY or param in REPEAT_KEYS:
+            raise SweepError(f"{where}: {param!r} must be a swept parameter other than "
+                             f"{LR_KEY} and {', '.join(REPEAT_KEYS)} (have {sorted(params)})")
+        values = params[param].get("values", [params[param].get("value")])
+        if value not in values:
+            raise SweepError(f"{where}: {param}={value!r} is not one of the sweep's values "
+                             f"{values}")
+        (key, setting), = parse_overrides(absolute_path_sets([item])).items()
+        if key in params:
+            raise SweepError(f"{where}: {key!r} is a swept parameter of the sweep")
+        setting = validate({key: setting}, f"--set_for {select}")[key]
+        if (param, json.dumps(value), key) in seen:
+            raise SweepError(f"{where}: {key} is given twice for {param}={value!r}")
+        seen.add((param, json.dumps(value), key))
+        out.append((param, value, key, setting))
+    return out
+
+
+def with_set_for(trials, set_for):
+    """The grid's trials (settings dicts) with the `check_set_for` settings added to the
+    trials they select (new dicts; the others unchanged)."""
+    out = []
+    for s in trials:
+        extra = {k: v for param, value, k, v in set_for if s.get(param) == value}
+        out.append({**s, **extra} if extra else s)
+    return out
 
 
 def _parse_pairs(items, flag):
@@ -549,6 +609,11 @@ def main(argv=None):
     p.add_argument("--count", type=int, default=None, help="trials for random/bayes")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="KEY=VALUE passed to train.py/eval.py of every trial (repeatable)")
+    p.add_argument("--set_for", action="append", nargs=2, default=[],
+                   metavar=("PARAM=VALUE", "KEY=VALUE"),
+                   help="KEY=VALUE for the trials whose swept PARAM has VALUE only, e.g. "
+                        "--set_for n_train=4096 max_steps=30000 (repeatable; wins over --set; "
+                        "part of those trials' settings and names)")
     p.add_argument("--values", action="append", default=[],
                    help="KEY=V1,V2,.. replaces a sweep parameter's values (repeatable)")
     p.add_argument("--tag", action="append", default=[],
@@ -576,7 +641,8 @@ def main(argv=None):
                        sweep_name=args.name, sets=args.sets, tags=args.tag,
                        launcher=args.launcher, jobs=args.jobs, count=args.count,
                        extend_lr=args.extend_lr, trial_mode=args.trial_mode,
-                       lr_search=args.lr_search, stop_at_error=args.stop_at_error)
+                       lr_search=args.lr_search, stop_at_error=args.stop_at_error,
+                       set_for=args.set_for)
     path, failed = sweep.run()
     print(path)
     if sweep.stopped:
