@@ -18,10 +18,34 @@ def rows(run_dir):
         return [json.loads(line) for line in f]
 
 
+def checkpoint(run_dir, name="ckpt.tar"):
+    return torch.load(os.path.join(run_dir, "checkpoints", name), map_location="cpu",
+                      weights_only=True)
+
+
 def weights(run_dir):
-    ck = torch.load(os.path.join(run_dir, "checkpoints", "ckpt.tar"), map_location="cpu",
-                    weights_only=True)
-    return ck["model_state"]
+    return checkpoint(run_dir)["model_state"]
+
+
+def assert_same_tree(a, b, where="checkpoint"):
+    """Nested dicts / lists of tensors and plain values, equal bit for bit."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+# validation improves at the checks after epochs 1-3 (steps 12, 24, 36), not after epoch 4
+# (48): the best checkpoint is not the last one
+BUMPY = dict(max_epochs=4, lr=0.1, scheduler="none", batch_size=4)
 
 
 @pytest.fixture
@@ -71,10 +95,10 @@ def test_one_step_epochs_validate_every_k_steps(cfg, tmp_path, writes):
 
 
 def test_time_based_checkpoints(cfg, tmp_path, writes):
-    """ckpt_every_s: a long interval writes ckpt.tar only at the end (the best still at every
-    new best); a tiny one writes it after every step, between checks too."""
+    """ckpt_every_s: a long interval writes ckpt.tar only at the end (and ckpt_best.tar with
+    it); a tiny one writes it after every step, between checks too."""
     make(cfg, tmp_path / "long", max_epochs=3, ckpt_every_s=1e6).fit()
-    assert writes["ckpt.tar"] == 1 and len(rows(tmp_path / "long")) == 3
+    assert writes == {"ckpt.tar": 1, "ckpt_best.tar": 1} and len(rows(tmp_path / "long")) == 3
     writes.update({"ckpt.tar": 0, "ckpt_best.tar": 0})
     make(cfg, tmp_path / "tiny", max_epochs=2, ckpt_every_s=1e-9).fit()
     assert writes["ckpt.tar"] == 12     # 6 steps an epoch, 2 epochs
@@ -128,3 +152,45 @@ def test_exact_resume_between_checks(cfg, tmp_path, monkeypatch, how):
     assert [x["iters"] for x in rb] == [9, 18]
     assert [x["val_loss"] for x in ra] == [x["val_loss"] for x in rb]
     assert rb[1]["train_loss"] == pytest.approx(ra[1]["train_loss"], rel=1e-12)
+
+
+def test_best_checkpoint_written_with_the_latest(cfg, tmp_path, writes):
+    """ckpt_every_s: a new best is kept in memory and written with the next ckpt.tar (here
+    the final one), once, not at each of its 3 improving checks; the file is the one a run
+    that writes at every check leaves: the best check's weights, optimizer state, RNG and
+    step (36), not the final weights (48), and the model card describes it."""
+    make(cfg, tmp_path / "every", **BUMPY).fit()
+    r = rows(tmp_path / "every")
+    assert [x["val_loss"] == x["best_val_loss"] for x in r] == [True, True, True, False]
+    assert writes == {"ckpt.tar": 4, "ckpt_best.tar": 3}
+    writes.update({"ckpt.tar": 0, "ckpt_best.tar": 0})
+    make(cfg, tmp_path / "timed", ckpt_every_s=1e6, **BUMPY).fit()
+    assert writes == {"ckpt.tar": 1, "ckpt_best.tar": 1}
+    every, timed = (checkpoint(tmp_path / d, "ckpt_best.tar") for d in ("every", "timed"))
+    assert timed["iters"] == timed["best_step"] == 36
+    assert timed["config"].pop("ckpt_every_s") == 1e6 and every["config"].pop("ckpt_every_s") == 0
+    assert_same_tree(every, timed)
+    final = weights(tmp_path / "timed")
+    assert not all(torch.equal(final[k], timed["model_state"][k]) for k in final)
+    with open(tmp_path / "timed/checkpoints/model_card.json") as f:
+        assert json.load(f)["metrics"]["step"] == 36
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_exact_resume_with_a_best_in_memory(cfg, tmp_path, monkeypatch):
+    """ckpt_every_s: SIGTERM after step 40, when the best (the check at 36) is only in
+    memory: the signal's checkpoint writes it first, and ckpt.tar's best_* describe it. The
+    resumed run (no later best) ends with the uninterrupted run's weights and ckpt_best.tar,
+    bit for bit."""
+    over = dict(ckpt_every_s=1e6, **BUMPY)
+    make(cfg, tmp_path / "full", **over).fit()
+    t = make(cfg, tmp_path / "cut", **over)
+    _interrupt_at(t, monkeypatch, 40, "sigterm")
+    assert t.fit()["stopped"]
+    ck, best = checkpoint(tmp_path / "cut"), checkpoint(tmp_path / "cut", "ckpt_best.tar")
+    assert ck["iters"] == 40 and best["iters"] == ck["best_step"] == 36
+    assert best["best_val_loss"] == ck["best_val_loss"]
+    make(cfg, tmp_path / "cut", **over).fit()
+    assert_same_state(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    assert_same_tree(checkpoint(tmp_path / "full", "ckpt_best.tar"),
+                     checkpoint(tmp_path / "cut", "ckpt_best.tar"))

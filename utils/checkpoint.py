@@ -16,7 +16,7 @@ and written here.
   (`pretrained: PATH`, `eval.py --weights`); `utils.pretrained.load_pretrained(path)` builds
   the model from the file alone for inference.
 - `save_checkpoint` writes a checkpoint (and the model card, utils/model_card.py)
-  atomically.
+  atomically; `host_copy` keeps one in memory, unchanged by later training, to write later.
 - `data_fingerprints` identifies the data files a checkpoint was trained on (size and a
   hash of their first and last MiB and HDF5 root attributes), so a resume can refuse files
   regenerated since (`changed_data_file`).
@@ -54,6 +54,7 @@ fine-tune and evaluate through a config as before.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -348,6 +349,32 @@ def load_weights(model, path, strict=True):
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
+def host_copy(ckpt):
+    """A copy of the checkpoint dict `ckpt` that later training steps cannot change (the
+    trainer keeps its best check this way until it writes ckpt_best.tar): every tensor
+    detached and copied to the CPU (a tensor found twice, e.g. under `model_state` and
+    `lora_state`, copied once), lists, tuples and dicts rebuilt, numbers, strings and None
+    shared (immutable; deep-copying the ~1250 ints of the RNG states took longer than the
+    weights), anything else deep-copied.
+    Costs host memory of the size of its tensors: weights + optimizer state (Adam: 3x the
+    parameters' bytes). `safe_torch_load` maps the tensors back to the device of a reader."""
+    memo = {}
+
+    def copy_of(value):
+        if torch.is_tensor(value):
+            if id(value) not in memo:
+                memo[id(value)] = value.detach().to("cpu", copy=True)
+            return memo[id(value)]
+        if isinstance(value, dict):
+            return {k: copy_of(v) for k, v in value.items()}
+        if type(value) in (list, tuple):
+            return type(value)(copy_of(v) for v in value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return copy.deepcopy(value)
+    return copy_of(ckpt)
+
+
 def save_checkpoint(ckpt, path, card_path=None):
     """Write the checkpoint dict `ckpt` to `path` atomically (temporary file, fsync, rename)
     and, with `card_path`, then the model card of its `model_info` (naming `path`'s file).

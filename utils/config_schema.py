@@ -136,7 +136,8 @@ SCHEMA = {
                            "(published)", nullable=True, min=0),
     "ckpt_every_s": Key(0, NUM, "> 0: write the latest checkpoint when this many seconds "
                         "passed since the last one (checked after every step) instead of at "
-                        "every validation; 0 or null: at every validation", nullable=True,
+                        "every validation, and the best one with it (kept in memory until "
+                        "then); 0 or null: at every validation", nullable=True,
                         min=0),
     "grad_clip": Key(None, NUM, "max gradient 2-norm; null: no clipping", nullable=True,
                      min=0),

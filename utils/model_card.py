@@ -2,7 +2,7 @@
 
 One job: the card file. `model_card.json` is the model_info of the weights (utils/checkpoint.py
 describes its fields) plus `weights`, the file name it describes. The trainer writes it beside
-ckpt_best.tar with every new best (`checkpoint.save_checkpoint` calls `write_card`); an export
+ckpt_best.tar with every write of that file (`checkpoint.save_checkpoint` calls `write_card`); an export
 (`python utils/pretrained.py export ...`) writes one beside `model.safetensors` / `model.pt`,
 keeping the card's test metrics.
 

@@ -5,7 +5,9 @@ every file atomically):
   hyperparams.yaml         the config as run (with --set overrides and derived sizes)
   checkpoints/ckpt.tar     latest state, written at every validation check (or every
                            `ckpt_every_s` seconds), at the end and on SIGTERM/SIGUSR1
-  checkpoints/ckpt_best.tar  the check with the lowest validation loss
+  checkpoints/ckpt_best.tar  the check with the lowest validation loss: written at that check
+                           when ckpt.tar is; with `ckpt_every_s` kept in memory and written
+                           just before the next ckpt.tar (time, signal, end)
   metrics.jsonl            one JSON object per validation check
   train_summary.json       written when training reaches its end
 
@@ -50,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from utils.checkpoint import (build_model_info, clean_state_dict, data_fingerprints,
                               describe_load_error, load_weights, safe_torch_load,
-                              save_checkpoint, scales_from_weights)
+                              host_copy, save_checkpoint, scales_from_weights)
 from utils.data_utils import get_data_loader
 from utils.distributed import get_rng_state, set_rng_state, set_seed, setup_distributed
 from utils.errors import (CheckpointError, DataError, StorageError, TrainingDiverged,
@@ -150,6 +152,8 @@ class Trainer:
         self.best_val_rel_l2 = math.inf
         self.best_epoch = 0
         self.best_step = 0
+        # rank 0: the checkpoint of a new best not yet in ckpt_best.tar (ckpt_every_s > 0)
+        self._unsaved_best = None
         self.data_fingerprints = data_fingerprints(params)   # checked on resume, saved
         self.resumed = os.path.isfile(self.ckpt_path)
         if self.resumed:
@@ -228,10 +232,18 @@ class Trainer:
         return -(-self.iters // self.steps_per_epoch)
 
     def _save(self, is_best=False, latest=True, row=None):
-        """Rank 0 appends the metrics `row` (a validation check) and writes ckpt_best.tar
-        (`is_best`) and ckpt.tar (`latest`) after all ranks reached this point; a failed
-        write (full disk) raises StorageError on every rank. Without a row the checkpoint
-        lies between two checks and carries the training-loss sums since the last one."""
+        """Rank 0 appends the metrics `row` (a validation check) and writes ckpt.tar
+        (`latest`) after all ranks reached this point; a failed write (full disk) raises
+        StorageError on every rank. Without a row the checkpoint lies between two checks and
+        carries the training-loss sums since the last one.
+
+        `is_best` (this check is a new best): its checkpoint goes to ckpt_best.tar with the
+        next ckpt.tar, just before it, so ckpt.tar's best_* fields always describe the
+        ckpt_best.tar on disk and resume needs nothing else; until then rank 0 keeps a host
+        copy (`host_copy`: weights + optimizer state). With `ckpt_every_s` 0 every check
+        writes ckpt.tar, so the best is written at its check as before; with `ckpt_every_s`
+        a run makes one best write per time-due, signal or final ckpt.tar instead of one per
+        improving check (each an fsync'd file and the model card)."""
         partial = None
         if row is None:   # global sums over all ranks (a collective); rank 0 adds them back
             sums = self._allreduce_sum(self._interval_sums())
@@ -242,12 +254,18 @@ class Trainer:
         def write():
             if row is not None:   # the row first: a crash before the checkpoint drops it on resume
                 append_metrics(self.metrics_path, row)
-            if self.params.save_checkpoint and (is_best or latest):
-                ckpt = self._checkpoint(partial, at_check=row is not None)
-                if is_best:  # best first: a crash in between only repeats this check on resume
-                    save_checkpoint(ckpt, self.best_path, card_path=self.layout.model_card)
-                if latest:
-                    save_checkpoint(ckpt, self.ckpt_path)
+            if not self.params.save_checkpoint or not (is_best or latest):
+                return
+            ckpt = self._checkpoint(partial, at_check=row is not None)
+            if is_best:   # written with ckpt.tar: now, or kept safe from the next steps
+                self._unsaved_best = ckpt if latest else host_copy(ckpt)
+            if latest:
+                if self._unsaved_best is not None:
+                    # best first: a crash in between only repeats its checks on resume
+                    save_checkpoint(self._unsaved_best, self.best_path,
+                                    card_path=self.layout.model_card)
+                    self._unsaved_best = None
+                save_checkpoint(ckpt, self.ckpt_path)
         self._on_root(write, "write the checkpoint")
         if latest:
             self._last_ckpt_time = time.time()
@@ -483,9 +501,9 @@ class Trainer:
     # ---------------------------------------------------------------- main loop
     def _check(self, wandb_run, force_latest=False):
         """A validation check after step self.iters: validate, update the best, append the
-        metrics row, write ckpt_best.tar (new best) and ckpt.tar (at every check when
-        ckpt_every_s is 0; else when `force_latest`, i.e. the time is due or a signal came,
-        and at the end)."""
+        metrics row, write ckpt.tar (at every check when ckpt_every_s is 0; else when
+        `force_latest`, i.e. the time is due or a signal came, and at the end) and, before
+        it, ckpt_best.tar of the best check since the last ckpt.tar (`_save`)."""
         want_fig = bool(wandb_run) and self.params.plot_figs
         epoch = self._epoch_of_step()
         val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
