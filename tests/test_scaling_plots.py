@@ -430,14 +430,17 @@ def test_flat_fit_never_reaches_target_without_overflow():
 def test_capped_while_improving_flag_in_tables(tmp_path, capsys):
     """The sweep column `capped_while_improving` (utils/trainer.py) is counted over the chosen
     lr's seeds: in the selected and seed tables, the summary lines and the CLI's table; a
-    flag at another lr does not count; a table without the column counts 0."""
+    flag at another lr does not count; a table without the column counts 0. The step cap
+    (`max_steps`) of the chosen lr's seeds is in both tables (empty without the column)."""
     rows = [dict(lr=lr, n_train=n, seed=s, best_val_rel_l2=0.1 if lr == 1e-3 else 0.2,
                  test_rel_l2_mean=0.05, status="done",
-                 capped_while_improving=(n == 64 and s < 2) or lr == 1e-4)
+                 capped_while_improving=(n == 64 and s < 2) or lr == 1e-4,
+                 max_steps=(10000 if n == 64 else 30000) + (lr != 1e-3))
             for n in (64, 128) for lr in (1e-4, 1e-3, 1e-2) for s in range(3)]
     path = str(tmp_path / "r.csv")
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SEED_FIELDS + ["capped_while_improving"])
+        w = csv.DictWriter(f, fieldnames=SEED_FIELDS + ["capped_while_improving",
+                                                        "max_steps"])
         w.writeheader()
         w.writerows(rows)
     res = sp.analyse([path + "@approach=scratch"], str(tmp_path / "out"))
@@ -445,14 +448,17 @@ def test_capped_while_improving_flag_in_tables(tmp_path, capsys):
     assert sel[64]["lr"] == sel[128]["lr"] == 1e-3
     assert (sel[64]["capped_while_improving"], sel[128]["capped_while_improving"]) == (2, 0)
     with open(res["files"]["selected"]) as f:
-        assert [r["capped_while_improving"] for r in csv.DictReader(f)] == ["2", "0"]
+        assert [(r["capped_while_improving"], r["max_steps"]) for r in csv.DictReader(f)] == [
+            ("2", "10000"), ("0", "30000")]
     with open(res["files"]["seeds"]) as f:
-        assert [r["capped_while_improving"] for r in csv.DictReader(f)][:3] == [
-            "True", "True", "False"]
+        assert [(r["capped_while_improving"], r["max_steps"])
+                for r in csv.DictReader(f)][:4] == [
+            ("True", "10000"), ("True", "10000"), ("False", "10000"), ("False", "30000")]
     assert [line for line in res["lines"] if "step cap" in line] == [
         "[model] scratch n_train=64: 2 of 3 seed(s) ended at the step cap while still "
         "improving (budget-limited, not converged)"]
     sp.main([path + "@approach=scratch", "--out_dir", str(tmp_path / "cli")])
     assert "capped 2/3" in capsys.readouterr().out
     old = sp.analyse([_write_seeded(tmp_path / "old.csv", rows)], str(tmp_path / "old"))
-    assert all(s["capped_while_improving"] == 0 for s in old["selected"])
+    assert all(s["capped_while_improving"] == 0 and s["max_steps"] == ""
+               for s in old["selected"])

@@ -38,10 +38,10 @@ def _atomic_csv(path, rows, fields):
 
 
 SELECTED_FIELDS = ["model", "approach", "n_train", "lr", "n_lrs", "lr_at_edge",
-                   "capped_while_improving", "n_seeds",
+                   "capped_while_improving", "max_steps", "n_seeds",
                    "val", "test", "test_sd", "test_ci_low", "test_ci_high", "interval"]
 SEED_FIELDS = ["model", "approach", "n_train", "lr", "seed", "subset_hash", "val", "test",
-               "capped_while_improving"]
+               "capped_while_improving", "max_steps"]
 FIT_FIELDS = ["model", "approach", "form", "a", "a_low", "a_high", "b", "b_low", "b_high",
               "c", "c_low", "c_high", "floor_p", "dof", "rss", "n_points", "n_sizes",
               "n_seeds", "n_min", "n_max", "interval"]

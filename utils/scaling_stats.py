@@ -21,7 +21,9 @@ What is computed, per panel (model) and approach (finetune / scratch):
 * Budget-limited runs. A trial whose `capped_while_improving` column is true (train_summary
   .json of utils/trainer.py: it ended at its step cap while its validation loss was still
   improving) is counted per choice: `capped_while_improving` = how many of the chosen lr's
-  seeds were flagged (0 for tables without the column).
+  seeds were flagged (0 for tables without the column). `max_steps` says what budget a
+  reading rests on: the step cap of the chosen lr's seeds (results.csv `max_steps`, the
+  largest if they differ; empty for tables without the column).
 * Mean test error over seeds at the chosen lr, with a 95% t-interval: mean +- t(0.975, k-1)
   * sd / sqrt(k) over the k seeds (sd with ddof=1). A t-interval, not a bootstrap: with the
   few seeds a study affords (k = 3) a bootstrap over seeds can only produce 10 distinct
@@ -73,6 +75,7 @@ logger = logging.getLogger(__name__)
 VAL_COL, TEST_COL, N_COL, LR_COL, SEED_COL = (
     "best_val_rel_l2", "test_rel_l2_mean", "n_train", "lr", "seed")
 CAPPED_COL = "capped_while_improving"
+CAP_COL = "max_steps"            # a trial's step cap (results.csv, utils/sweep_results.py)
 CONF = 0.95                      # confidence level of every interval
 FLOOR_P = 0.05                   # F-test level at which a floor c is kept
 CI_KIND = "95% t-interval over seeds"
@@ -135,7 +138,8 @@ def clean_rows(rows, panel_col="model"):
     sizes or `downstream` for distribution shifts), approach (str), n_train (int),
     lr (float), seed (str, '0' when the table has no seed column), subset_hash (str, '' if
     absent), val (float), test (float), n_params (float, nan if unknown), capped (bool: the
-    `capped_while_improving` column is True).
+    `capped_while_improving` column is True), max_steps (float: the step cap, nan if
+    unknown).
     """
     out = []
     for r in rows:
@@ -148,7 +152,8 @@ def clean_rows(rows, panel_col="model"):
                     "n_train": int(n), "lr": lr, "seed": _seed_label(r.get(SEED_COL)),
                     "subset_hash": r.get("subset_hash") or "", "val": val, "test": test,
                     "n_params": _float(r.get("n_params")),
-                    "capped": str(r.get(CAPPED_COL, "")).strip().lower() in ("true", "1")})
+                    "capped": str(r.get(CAPPED_COL, "")).strip().lower() in ("true", "1"),
+                    CAP_COL: _float(r.get(CAP_COL))})
     if not out:
         raise AnalysisError("no finished trial with n_train, lr, validation and test errors")
     return out
@@ -293,17 +298,20 @@ def select_on_validation(rows):
     Returns (selected, seed_points), both sorted by model, approach, n_train:
     selected: dicts model, approach, n_train, lr, n_lrs, lr_at_edge ('' / 'low' / 'high' /
     'single'), capped_while_improving (how many of the chosen lr's seeds ended at their step
-    cap still improving), n_seeds, val (mean over seeds), test (mean), test_sd, test_ci_low,
-    test_ci_high (nan with one seed);
+    cap still improving), max_steps (the largest step cap of those seeds, '' if unknown),
+    n_seeds, val (mean over seeds), test (mean), test_sd, test_ci_low, test_ci_high (nan
+    with one seed);
     seed_points: dicts model, approach, n_train, lr, seed, subset_hash, val, test,
-    capped_while_improving (the chosen lr's seeds).
+    capped_while_improving, max_steps (the chosen lr's seeds).
     """
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    hashes, hash_of, capped = defaultdict(set), {}, defaultdict(bool)
+    hashes, hash_of, capped, caps = defaultdict(set), {}, defaultdict(bool), defaultdict(set)
     for r in rows:
         key = (r["model"], r["approach"], r["n_train"])
         groups[key][r["lr"]][r["seed"]].append((r["val"], r["test"]))
         capped[key + (r["lr"], r["seed"])] |= r.get("capped", False)
+        if math.isfinite(r.get(CAP_COL, math.nan)):
+            caps[key + (r["lr"], r["seed"])].add(int(r[CAP_COL]))
         if r["subset_hash"]:
             hashes[key + (r["seed"],)].add(r["subset_hash"])
             hash_of[key + (r["lr"], r["seed"])] = r["subset_hash"]
@@ -320,15 +328,21 @@ def select_on_validation(rows):
         seeds = sorted(per_seed[lr], key=_seed_sort_key)
         tests = [float(per_seed[lr][s][1]) for s in seeds]
         mean, sd, lo, hi = t_interval(tests)
+
+        def cap(*seed_keys):   # the largest step cap of these seeds ('' if none is known)
+            return max((c for s in seed_keys for c in caps[(model, approach, n, lr, s)]),
+                       default="")
         selected.append({"model": model, "approach": approach, "n_train": n, "lr": lr,
                          "n_lrs": choice["n_lrs"], "lr_at_edge": choice["edge"],
                          CAPPED_COL: sum(capped[(model, approach, n, lr, s)] for s in seeds),
+                         CAP_COL: cap(*seeds),
                          "n_seeds": len(seeds), "val": choice["mean"], "test": mean, "test_sd": sd,
                          "test_ci_low": lo, "test_ci_high": hi})
         points += [{"model": model, "approach": approach, "n_train": n, "lr": lr, "seed": s,
                     "subset_hash": hash_of.get((model, approach, n, lr, s), ""), "val": float(per_seed[lr][s][0]),
                     "test": float(per_seed[lr][s][1]),
-                    CAPPED_COL: capped[(model, approach, n, lr, s)]} for s in seeds]
+                    CAPPED_COL: capped[(model, approach, n, lr, s)], CAP_COL: cap(s)}
+                   for s in seeds]
     order = lambda s: (s["model"], s["approach"], s["n_train"])  # noqa: E731
     return (sorted(selected, key=order),
             sorted(points, key=lambda p: order(p) + (_seed_sort_key(p["seed"]),)))
