@@ -5,7 +5,8 @@ module is what both share, from the file to a trial's settings in the training c
 
 * without a server, the local runner (`python utils/sweeps.py`, utils/sweeps.py) reads the
   file (`load_sweep`, `override_values` for `--values`), lists its trials (`expand_grid` for
-  a grid; `propose_trials` samples `random`/`bayes` trials offline with W&B's open-source
+  a grid, with the per-value settings of `--set_for`: `check_set_for`, `with_set_for`;
+  `propose_trials` samples `random`/`bayes` trials offline with W&B's open-source
   `sweeps` engine when installed) and passes each trial's settings to train.py as `--set`
   values (`yaml_text`, `absolute_path_sets`);
 * with a W&B server: `train.py --sweep_id ID` calls `run_wandb_trial`, which runs ONE agent
@@ -30,6 +31,9 @@ import yaml
 from utils.errors import SweepError
 from utils.run_layout import sweep_dir
 from utils.YParams import is_path_key, load_yaml, parse_overrides, read_yaml, resolve_path
+
+LR_KEY = "lr"
+REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
 
 logger = logging.getLogger(__name__)
 SWEEP_METHODS = ("grid", "random", "bayes")
@@ -295,3 +299,50 @@ def record_trial_summary(summary):
     if wandb.run is not None and summary:
         wandb.run.summary.update({k: v for k, v in summary.items()
                                   if isinstance(v, (int, float, str))})
+
+
+def check_set_for(cfg, pairs):
+    """The `--set_for` pairs (`PARAM=VALUE`, `KEY=VALUE`) of grid sweep `cfg`, checked ->
+    [(param, value, key, setting)]. PARAM must be a swept parameter other than the lr and the
+    repeats (the lr choice compares trials that differ only in those), VALUE one of its
+    values; KEY=VALUE is checked like a train.py --set (utils/config_schema.py; a relative
+    path made absolute as `absolute_path_sets` does) and must not be a swept parameter.
+    A SweepError / ConfigError (one line) otherwise."""
+    from utils.config_schema import validate
+    from utils.YParams import parse_overrides
+
+    out, seen = [], set()
+    for select, item in pairs or ():
+        where = f"--set_for {select} {item}"
+        if "=" not in select or "=" not in item:
+            raise SweepError(f"{where}: expects PARAM=VALUE KEY=VALUE")
+        if cfg["method"] != "grid":
+            raise SweepError(f"{where}: per-value settings need a grid sweep")
+        (param, value), = parse_overrides([select]).items()
+        params = cfg["parameters"]
+        if param not in params or param == LR_KEY or param in REPEAT_KEYS:
+            raise SweepError(f"{where}: {param!r} must be a swept parameter other than "
+                             f"{LR_KEY} and {', '.join(REPEAT_KEYS)} (have {sorted(params)})")
+        values = params[param].get("values", [params[param].get("value")])
+        if value not in values:
+            raise SweepError(f"{where}: {param}={value!r} is not one of the sweep's values "
+                             f"{values}")
+        (key, setting), = parse_overrides(absolute_path_sets([item])).items()
+        if key in params:
+            raise SweepError(f"{where}: {key!r} is a swept parameter of the sweep")
+        setting = validate({key: setting}, f"--set_for {select}")[key]
+        if (param, json.dumps(value), key) in seen:
+            raise SweepError(f"{where}: {key} is given twice for {param}={value!r}")
+        seen.add((param, json.dumps(value), key))
+        out.append((param, value, key, setting))
+    return out
+
+
+def with_set_for(trials, set_for):
+    """The grid's trials (settings dicts) with the `check_set_for` settings added to the
+    trials they select (new dicts; the others unchanged)."""
+    out = []
+    for s in trials:
+        extra = {k: v for param, value, k, v in set_for if s.get(param) == value}
+        out.append({**s, **extra} if extra else s)
+    return out

@@ -75,17 +75,15 @@ from utils.lr_search import (ASCENT_FILE, LR_SEARCHES, NAscent, check_ascent,  #
 from utils.run_guard import DirLock, child_of_this_process, file_lock  # noqa: E402
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 # the sweep-file functions scripts and tests also use from here (`sweeps.load_sweep`, ...)
-from utils.sweep_files import (absolute_path_sets, expand_grid, load_sweep,  # noqa: E402
-                               override_values, propose_trials, trial_name,
-                               yaml_text)
+from utils.sweep_files import (LR_KEY, REPEAT_KEYS, absolute_path_sets,  # noqa: E402
+                               check_set_for, expand_grid, load_sweep, override_values,
+                               propose_trials, trial_name, with_set_for, yaml_text)
 from utils.sweep_workers import WorkerPool  # noqa: E402
 from utils.YParams import read_yaml  # noqa: E402
 
 logger = logging.getLogger(__name__)
 EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses the whole test set
 ORPHAN_WAIT_S = 120   # how long a trial waits for a run directory another process still holds
-LR_KEY = "lr"
-REPEAT_KEYS = ("seed",)   # settings averaged over when choosing a learning rate
 TEST_METRIC = "test_rel_l2_mean"   # the test error --stop_at_error compares (results.csv)
 TRIAL_MODES = ("worker", "process")
 
@@ -538,53 +536,6 @@ class LocalSweep:
                             stopped=lambda: self.stopped is not None)
         write_json_atomic(os.path.join(self.sweep_dir, ASCENT_FILE), ascent.record())
         return trials
-
-
-def check_set_for(cfg, pairs):
-    """The `--set_for` pairs (`PARAM=VALUE`, `KEY=VALUE`) of grid sweep `cfg`, checked ->
-    [(param, value, key, setting)]. PARAM must be a swept parameter other than the lr and the
-    repeats (the lr choice compares trials that differ only in those), VALUE one of its
-    values; KEY=VALUE is checked like a train.py --set (utils/config_schema.py; a relative
-    path made absolute as `absolute_path_sets` does) and must not be a swept parameter.
-    A SweepError / ConfigError (one line) otherwise."""
-    from utils.config_schema import validate
-    from utils.YParams import parse_overrides
-
-    out, seen = [], set()
-    for select, item in pairs or ():
-        where = f"--set_for {select} {item}"
-        if "=" not in select or "=" not in item:
-            raise SweepError(f"{where}: expects PARAM=VALUE KEY=VALUE")
-        if cfg["method"] != "grid":
-            raise SweepError(f"{where}: per-value settings need a grid sweep")
-        (param, value), = parse_overrides([select]).items()
-        params = cfg["parameters"]
-        if param not in params or param == LR_KEY or param in REPEAT_KEYS:
-            raise SweepError(f"{where}: {param!r} must be a swept parameter other than "
-                             f"{LR_KEY} and {', '.join(REPEAT_KEYS)} (have {sorted(params)})")
-        values = params[param].get("values", [params[param].get("value")])
-        if value not in values:
-            raise SweepError(f"{where}: {param}={value!r} is not one of the sweep's values "
-                             f"{values}")
-        (key, setting), = parse_overrides(absolute_path_sets([item])).items()
-        if key in params:
-            raise SweepError(f"{where}: {key!r} is a swept parameter of the sweep")
-        setting = validate({key: setting}, f"--set_for {select}")[key]
-        if (param, json.dumps(value), key) in seen:
-            raise SweepError(f"{where}: {key} is given twice for {param}={value!r}")
-        seen.add((param, json.dumps(value), key))
-        out.append((param, value, key, setting))
-    return out
-
-
-def with_set_for(trials, set_for):
-    """The grid's trials (settings dicts) with the `check_set_for` settings added to the
-    trials they select (new dicts; the others unchanged)."""
-    out = []
-    for s in trials:
-        extra = {k: v for param, value, k, v in set_for if s.get(param) == value}
-        out.append({**s, **extra} if extra else s)
-    return out
 
 
 def _parse_pairs(items, flag):
