@@ -175,7 +175,8 @@ PRESETS = {
         name="paper", root="results", jobs="1", sweep_file="configs/sweep_config.yaml",
         lrs="1e-5,5e-5,1e-4,5e-4,1e-3", seeds="", n_train="",
         subsamples="1,2,4,8,16,32,64,128,256,512,1024,2048,4096", extend_lr="",
-        lr_search="grid", study_set="", step_caps={}, pt_set="", targets={"default": "0.01"}, out="assets",
+        lr_search="grid", study_set="", step_caps={}, pt_set="", targets={"default": "0.01"},
+        out="assets",
         base="study_paper",
         data={128: "data/paper"}, gen_preset="paper",
         pt_sizes=None, down_sizes=None, pt_seed=None, down_seed=None,  # run_gen_data.sh's
