@@ -3,9 +3,14 @@
     python benchmarks/bench_sweep.py                    # generates the data into a temp dir
     python benchmarks/bench_sweep.py --data data/study32 --jobs 2 --json out.json
 
-Runs the same small sweep twice in one run, at the same --jobs, with `utils/sweeps.py`'s
-runner (`--trial_mode process`, then `--trial_mode worker`, each into its own fresh results
-folder): the CPU-study config `poisson-cpu32-scratch-k5_10` (264K parameters, 32 x 32,
+Runs the same small sweep in each mode of --modes in one run, at the same --jobs, with
+`utils/sweeps.py`'s runner, each into its own fresh results folder:
+  before   one train.py process per trial, validation and checkpoints after every epoch
+           (`--set val_every_steps=0 ckpt_every_s=0`): the sweep engine this benchmark's
+           issue replaced, as a baseline;
+  process  one train.py process per trial (`--trial_mode process`), the config's cadence;
+  worker   long-lived workers (`--trial_mode worker`, the default), the config's cadence.
+`process` vs `worker` isolates the workers; `before` vs `worker` is the whole change. The sweep: the CPU-study config `poisson-cpu32-scratch-k5_10` (264K parameters, 32 x 32,
 `--eval_test`), n_train in {8, 64, 512} x 2 seeds x one lr, with the study's `--set
 min_steps=100 max_epochs=8` (`STUDY_SET` of run_study.sh). Data: the study's downstream
 Poisson (5, 10) set (1024 / 64 / 256 samples, seed 1), generated with run_gen_data.sh unless
@@ -15,7 +20,8 @@ Prints per mode the sweep's wall time, and per n_train (mean over seeds) the tri
 time split into: steps (the training loop: optimizer steps and their batches, from
 metrics.jsonl), validation (the rest of each validation interval; the config validates every
 `val_every_steps: 32` steps), and the rest (process start-up, data, model, checkpoint writes,
-the test evaluation); `overhead` = wall - steps, also as a fraction of the wall. Then the ratio of the sweep wall times. The machine load (os.getloadavg) before
+the test evaluation); `overhead` = wall - steps, also as a fraction of the wall. Then the
+ratios of the sweep wall times to the worker mode's. The machine load (os.getloadavg) before
 and after each mode is printed too: on a shared machine the numbers move with it.
 """
 import argparse
@@ -65,13 +71,20 @@ def step_seconds(run_dir):
     return steps, intervals
 
 
+# mode -> (the runner's trial_mode, --set overrides added to every trial's)
+MODES = {"before": ("process", ["val_every_steps=0", "ckpt_every_s=0"]),
+         "process": ("process", []),
+         "worker": ("worker", [])}
+
+
 def run_mode(mode, root, sets, args):
-    """Run the sweep with `trial_mode` mode; returns dict(wall_s, load, trials=[...])."""
+    """Run the sweep in `mode` (MODES); returns dict(wall_s, load, trials=[...])."""
     from utils import sweeps
 
+    trial_mode, mode_sets = MODES[mode]
     cfg = sweeps.load_sweep(os.path.join(root, "sweep.yaml"))
     sweep = sweeps.LocalSweep(cfg, YAML, CONFIG, os.path.join(root, mode), sweep_name=mode,
-                              sets=sets, jobs=args.jobs, trial_mode=mode)
+                              sets=sets + mode_sets, jobs=args.jobs, trial_mode=trial_mode)
     walls = {}
     inner = sweep.trial_fn
 
@@ -126,9 +139,13 @@ def main(argv=None):
     p.add_argument("--set", dest="sets", action="append",
                    default=None, help="KEY=VALUE for every trial (default: min_steps=100 "
                    "max_epochs=8, the study's STUDY_SET)")
-    p.add_argument("--modes", default="process,worker", help="order of the runs")
+    p.add_argument("--modes", default="before,process,worker",
+                   help=f"order of the runs, from {', '.join(MODES)}")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        p.error(f"--modes: expected names from {', '.join(MODES)} (got {args.modes!r})")
     os.environ.setdefault("WANDB_MODE", "disabled")
     tmp = tempfile.mkdtemp(prefix="bench_sweep_")
     try:
@@ -142,12 +159,14 @@ def main(argv=None):
         print(f"{CONFIG}: n_train {args.n_train} x seeds {args.seeds} x lr {args.lr}, "
               f"--jobs {args.jobs}, --set {' '.join(sets[4:])}; {os.cpu_count()} CPUs, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-        results = [run_mode(mode, tmp, sets, args) for mode in args.modes.split(",")]
+        results = [run_mode(mode, tmp, sets, args) for mode in modes]
         for res in results:
             report(res)
         walls = {r["mode"]: r["wall_s"] for r in results}
-        if {"process", "worker"} <= set(walls):
-            print(f"\nprocess / worker sweep wall time: {walls['process'] / walls['worker']:.2f}x")
+        for mode in ("process", "before"):
+            if mode in walls and "worker" in walls:
+                print(f"\n{mode} / worker sweep wall time: "
+                      f"{walls[mode] / walls['worker']:.2f}x")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
