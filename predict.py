@@ -6,7 +6,8 @@
 The input is a split file (DESIGN.md section 4): `fields` (N, 2, n, n) [source, solution] or
 (N, 1, n, n) [source] and `tensor` (N, k) in the layout of its PDE (and `coef_field`
 (N, c, n, n) for a PDE whose coefficient is a field, e.g. Darcy's a). The model (any checkpoint
-of this code: model.pt, ckpt_best.tar) must be one of that PDE and the grid one it can take.
+of this code: model.safetensors, model.pt, ckpt_best.tar) must be one of that PDE (or a
+mixed-physics model trained on it) and the grid one it can take.
 Writes --out atomically: `prediction` (N, n, n) float32 and `tensor` (N, k), and, when the
 input holds solutions, `rel_l2` (N,) with the relative L2 error of every sample, whose mean
 and median are printed. Exit status 2 with one `error: ...` line for a bad input.
@@ -23,7 +24,8 @@ from utils.malloc_tuning import configure_malloc
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="model.pt or a checkpoint (ckpt_best.tar)")
+    p.add_argument("--weights", required=True, help="model.safetensors, model.pt or a checkpoint "
+                   "(ckpt_best.tar)")
     p.add_argument("--input", required=True, help="HDF5 file with fields (N, 1|2, n, n), tensor")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
