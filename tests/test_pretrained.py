@@ -320,3 +320,46 @@ def test_mixed_physics_model_maps_coefficients(tmp_path):
         model.solve(f, t)
     with pytest.raises(DataError, match="cannot solve ad problems"):
         model.solve(f, np.ones((3, 5)), pde="ad")
+
+
+def test_mixed_run_card_records_each_training_range(tmp_path):
+    """eval.py's rule for a mixed-physics run's card: a test file of one of its training PDE
+    ranges is recorded under `evaluations` (never as `metrics.test`, which would claim one
+    error for all its PDEs); a file of another range is not recorded."""
+    from utils.model_card import record_test_result
+
+    def split(name, pde, n_tensor, lo, hi):
+        path = str(tmp_path / name)
+        with h5py.File(path, "w") as f:
+            f.create_dataset("fields", data=np.zeros((3, 2, 16, 16), np.float32))
+            f.create_dataset("tensor", data=np.ones((3, n_tensor), np.float32))
+            f.attrs.update(pde=pde, split="test", n=16, ng=9, coef_range=[lo, hi], seed=0)
+        return path
+
+    weights = tmp_path / "checkpoints" / "ckpt_best.tar"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    card_path = card_path_for(str(weights))
+    data = [dict(pde="poisson", coef_range=[1.0, 5.0], n=16, ng=9, seed=0),
+            dict(pde="ad", coef_range=[0.2, 1.0], n=16, ng=9, seed=0)]
+    card = dict(pde="mixed", grid=[16, 16], data=data, metrics=dict(val_rel_l2=0.1),
+                weights="ckpt_best.tar")
+    with open(card_path, "w") as f:
+        json.dump(card, f)
+    own = split("poisson_test_k1_5.h5", "poisson", 3, 1.0, 5.0)
+    config = dict(test_path=own)
+
+    def evaluate(path):
+        summary = dict(test_path=path, test_loss=0.5)
+        return record_test_result(str(weights), summary, np.array([0.1, 0.2, 0.3]), config)
+
+    assert evaluate(split("ad_test_adr0p2_1.h5", "ad", 5, 0.2, 1.0)) == card_path
+    assert evaluate(own) == card_path
+    before = open(card_path).read()
+    assert evaluate(split("ad_test_adr1_2.h5", "ad", 5, 1.0, 2.0)) is None       # zero-shot
+    assert evaluate(split("helmholtz_test_o1_10.h5", "helmholtz", 2, 1.0, 10.0)) is None
+    assert open(card_path).read() == before
+    card = json.load(open(card_path))
+    assert sorted(card["evaluations"]) == ["ad_test_adr0p2_1.h5", "poisson_test_k1_5.h5"]
+    assert card["evaluations"]["ad_test_adr0p2_1.h5"]["coef_range"] == [0.2, 1.0]
+    assert card["metrics"] == dict(val_rel_l2=0.1)

@@ -31,8 +31,8 @@ FRESH_SEED = 20261130
 
 def card_results(card):
     """The (training-distribution data dict, test result) pairs a card claims: metrics.test
-    for a single-PDE model; for a mixed model, its evaluations on its training ranges (its
-    own test split: eval.py records no other file in a card)."""
+    for a single-PDE model; for a mixed model, its evaluations on its training ranges (eval.py
+    records a mixed run's test files of its PDE ranges, and no other, in its card)."""
     if card["pde"] != "mixed":
         return [(card["data"][0], card["metrics"]["test"])]
     out = [(data, r) for data in card["data"] for r in card.get("evaluations", {}).values()

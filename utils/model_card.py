@@ -8,9 +8,10 @@ keeping the card's test metrics.
 
 eval.py never rewrites a checkpoint, nor the card of an exported / shipped model; it records
 its result in the card of a training run only when it evaluates that run on its own test split
-or distribution (`record_test_result`, the rule in DESIGN.md section 9): under
-`evaluations[test file name]`, and under `metrics.test` when the test file comes from the
-training distribution (same PDE, coefficient range, grid and source parameters, see
+or a training distribution (`record_test_result`, the rule in DESIGN.md section 9): under
+`evaluations[test file name]` (a mixed-physics model: one entry per PDE range it is tested
+on), and under `metrics.test` when the test file comes from a single-PDE model's training
+distribution (same PDE, coefficient range, grid and source parameters, see
 `same_distribution`).
 """
 import json
@@ -50,23 +51,39 @@ def read_card(path):
     return card
 
 
-def same_distribution(info, test_attrs):
-    """True when the test file's attributes match the (single) training file's on every key of
-    DISTRIBUTION_KEYS that both have, and the grid is the same."""
-    if info.get("pde") == "mixed" or len(info.get("data", [])) != 1:
-        return False
-    train = info["data"][0]
-    if list(test_attrs.get("grid", [])) != list(info["grid"]):
+def _has_distribution(train, grid, test_attrs):
+    """True when the test file's attributes match the training file's `train` (a `data` entry
+    of a card) on every key of DISTRIBUTION_KEYS that both have, and its grid is `grid`."""
+    if list(test_attrs.get("grid", [])) != list(grid):
         return False
     for key in DISTRIBUTION_KEYS:
         if key in train and key in test_attrs:
             a, b = train[key], test_attrs[key]
             if isinstance(a, (int, float, list)) and not isinstance(a, bool):
-                if not np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6):
+                try:
+                    if not np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6):
+                        return False
+                except (TypeError, ValueError):   # not numbers, or another shape
                     return False
             elif a != b:
                 return False
     return True
+
+
+def same_distribution(info, test_attrs):
+    """True when the model has a single training file and the test file has its distribution
+    (`_has_distribution`): the test result then describes the model (`metrics.test`)."""
+    if info.get("pde") == "mixed" or len(info.get("data", [])) != 1:
+        return False
+    return _has_distribution(info["data"][0], info["grid"], test_attrs)
+
+
+def of_a_training_distribution(info, test_attrs):
+    """True when the test file has the distribution of one of the model's training files: a
+    single-PDE model's, or one PDE range of a mixed-physics model."""
+    return any(isinstance(train, dict) and _has_distribution(train, info.get("grid", []),
+                                                             test_attrs)
+               for train in info.get("data", []))
 
 
 def _same_file(a, b):
@@ -86,7 +103,8 @@ def record_test_result(weights, summary, rel_l2, run_config=None):
       (an exported or shipped `model.pt` carries none, so its card is never rewritten);
     - the card beside them describes them (its `weights` is their file name);
     - the test file is the file the run's config names as `test_path` (the same file), or
-      has the training distribution (`same_distribution`: e.g. fresh samples of it);
+      has the distribution of a training file (`of_a_training_distribution`: e.g. fresh
+      samples of it; for a mixed-physics model, of one of its PDE ranges);
     - the errors are finite (a NaN result is never recorded).
     The result goes under `evaluations[test file]`, and under `metrics.test` when the test
     file has the training distribution (`same_distribution`). A card that cannot be written
@@ -103,7 +121,7 @@ def record_test_result(weights, summary, rel_l2, run_config=None):
         return None  # the card describes another file of this directory (ckpt_best.tar)
     attrs = describe_data_file(summary["test_path"])
     if not (_same_file(run_config.get("test_path"), summary["test_path"])
-            or same_distribution(card, attrs)):
+            or of_a_training_distribution(card, attrs)):
         return None   # zero-shot, another grid: the result lives in the eval output folder
     rel_l2 = np.asarray(rel_l2, np.float64)
     if rel_l2.size == 0 or not np.all(np.isfinite(rel_l2)):
