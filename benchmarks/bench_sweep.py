@@ -10,7 +10,8 @@ Runs the same small sweep in each mode of --modes in one run, at the same --jobs
            issue replaced, as a baseline;
   process  one train.py process per trial (`--trial_mode process`), the config's cadence;
   worker   long-lived workers (`--trial_mode worker`, the default), the config's cadence.
-`process` vs `worker` isolates the workers; `before` vs `worker` is the whole change. The sweep: the CPU-study config `poisson-cpu32-scratch-k5_10` (264K parameters, 32 x 32,
+`process` vs `worker` isolates the workers; `before` vs `worker` is the whole change. The
+sweep: the CPU-study config `poisson-cpu32-scratch-k5_10` (264K parameters, 32 x 32,
 `--eval_test`), n_train in {8, 64, 512} x 2 seeds x one lr, with the study's `--set
 min_steps=100 max_epochs=8` (`STUDY_SET` of run_study.sh). Data: the study's downstream
 Poisson (5, 10) set (1024 / 64 / 256 samples, seed 1), generated with run_gen_data.sh unless

@@ -54,7 +54,7 @@ def read_card(path):
 def _has_distribution(train, grid, test_attrs):
     """True when the test file's attributes match the training file's `train` (a `data` entry
     of a card) on every key of DISTRIBUTION_KEYS that both have, and its grid is `grid`."""
-    if list(test_attrs.get("grid", [])) != list(grid):
+    if not isinstance(grid, list) or list(test_attrs.get("grid", [])) != grid:
         return False
     for key in DISTRIBUTION_KEYS:
         if key in train and key in test_attrs:
@@ -73,17 +73,20 @@ def _has_distribution(train, grid, test_attrs):
 def same_distribution(info, test_attrs):
     """True when the model has a single training file and the test file has its distribution
     (`_has_distribution`): the test result then describes the model (`metrics.test`)."""
-    if info.get("pde") == "mixed" or len(info.get("data", [])) != 1:
+    data = info.get("data")
+    if info.get("pde") == "mixed" or not isinstance(data, list) or len(data) != 1:
         return False
-    return _has_distribution(info["data"][0], info["grid"], test_attrs)
+    return isinstance(data[0], dict) and _has_distribution(data[0], info.get("grid"),
+                                                           test_attrs)
 
 
 def of_a_training_distribution(info, test_attrs):
     """True when the test file has the distribution of one of the model's training files: a
     single-PDE model's, or one PDE range of a mixed-physics model."""
-    return any(isinstance(train, dict) and _has_distribution(train, info.get("grid", []),
-                                                             test_attrs)
-               for train in info.get("data", []))
+    data = info.get("data")
+    return isinstance(data, list) and any(
+        isinstance(train, dict) and _has_distribution(train, info.get("grid"), test_attrs)
+        for train in data)
 
 
 def _same_file(a, b):
