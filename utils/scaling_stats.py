@@ -305,13 +305,14 @@ def select_on_validation(rows):
     capped_while_improving, max_steps (the chosen lr's seeds).
     """
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    hashes, hash_of, capped, caps = defaultdict(set), {}, defaultdict(bool), defaultdict(set)
+    hashes, hash_of, capped, caps = defaultdict(set), {}, defaultdict(bool), {}
     for r in rows:
         key = (r["model"], r["approach"], r["n_train"])
         groups[key][r["lr"]][r["seed"]].append((r["val"], r["test"]))
         capped[key + (r["lr"], r["seed"])] |= r.get("capped", False)
-        if math.isfinite(r.get(CAP_COL, math.nan)):
-            caps[key + (r["lr"], r["seed"])].add(int(r[CAP_COL]))
+        if math.isfinite(r.get(CAP_COL, math.nan)):   # the largest cap of a seed's rows
+            seed_key = key + (r["lr"], r["seed"])
+            caps[seed_key] = max(caps.get(seed_key, 0), int(r[CAP_COL]))
         if r["subset_hash"]:
             hashes[key + (r["seed"],)].add(r["subset_hash"])
             hash_of[key + (r["lr"], r["seed"])] = r["subset_hash"]
@@ -330,8 +331,8 @@ def select_on_validation(rows):
         mean, sd, lo, hi = t_interval(tests)
 
         def cap(*seed_keys):   # the largest step cap of these seeds ('' if none is known)
-            return max((c for s in seed_keys for c in caps[(model, approach, n, lr, s)]),
-                       default="")
+            known = [caps[k] for s in seed_keys if (k := (model, approach, n, lr, s)) in caps]
+            return max(known, default="")
         selected.append({"model": model, "approach": approach, "n_train": n, "lr": lr,
                          "n_lrs": choice["n_lrs"], "lr_at_edge": choice["edge"],
                          CAPPED_COL: sum(capped[(model, approach, n, lr, s)] for s in seeds),

@@ -309,7 +309,6 @@ def check_set_for(cfg, pairs):
     path made absolute as `absolute_path_sets` does) and must not be a swept parameter.
     A SweepError / ConfigError (one line) otherwise."""
     from utils.config_schema import validate
-    from utils.YParams import parse_overrides
 
     out, seen = [], set()
     for select, item in pairs or ():
