@@ -63,13 +63,9 @@ def step_seconds(run_dir):
     """(seconds in the training loop, seconds of the validation intervals: training plus
     validation) of a run, summed over the rows of its metrics.jsonl (train_time_s,
     interval_time_s)."""
-    steps = intervals = 0.0
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            steps += row["train_time_s"]
-            intervals += row["interval_time_s"]
-    return steps, intervals
+    from utils.metrics_log import read_metrics
+    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    return (sum(r["train_time_s"] for r in rows), sum(r["interval_time_s"] for r in rows))
 
 
 # mode -> (the runner's trial_mode, --set overrides added to every trial's)

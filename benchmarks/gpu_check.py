@@ -58,6 +58,7 @@ import bench_train  # noqa: E402  (benchmarks/bench_train.py: model builders, ti
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.fileio import write_json_atomic  # noqa: E402
+from utils.metrics_log import read_metrics  # noqa: E402
 from utils.run_layout import RunLayout  # noqa: E402
 
 # Sizes. "full" is the published model and data size; "dry" keeps every code path at toy size.
@@ -658,13 +659,6 @@ def section_run(ctx):
         ctx.row("run", "eval.py", f"error: exit {rc}: "
                 f"{log_tail(os.path.join(logs, 'eval.log'))}"[:200], "", False)
     return out
-
-
-def read_metrics(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def read_yaml(path):

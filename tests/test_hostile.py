@@ -106,7 +106,8 @@ def make(cfg, run_dir, **over):
 
 
 def metrics(run):
-    return [json.loads(l) for l in open(run / "metrics.jsonl")]
+    from utils.metrics_log import read_metrics
+    return read_metrics(run / "metrics.jsonl")
 
 
 # ----------------------------------------------------------------------------- 3. lock, 7. Ctrl-C
@@ -199,6 +200,7 @@ def test_metrics_agree_with_the_checkpoint(setup, tmp_path):
     os.remove(run / "checkpoints/ckpt.tar")          # a fresh start: no old rows remain
     make(cfg, run, max_epochs=1).fit()
     assert [r["epoch"] for r in metrics(run)] == [1]
+    assert metrics(tmp_path / "no_run") == []          # no file yet: no rows
 
 
 # ----------------------------------------------------------------------------- 12. W&B offline

@@ -1,7 +1,7 @@
 """A run's metrics.jsonl: one JSON object per validation check, the run's training history.
 
-One job: the file's rows. The trainer (rank 0) appends the row of every check with
-`append_metrics`, before that check's checkpoint, so a crash in between only repeats the
+One job: the file's rows. `read_metrics` gives them (benchmarks and tools read runs with it).
+The trainer (rank 0) appends the row of every check with `append_metrics`, before that check's checkpoint, so a crash in between only repeats the
 check on resume. On (re)start `truncate_metrics` makes the file agree with the checkpoint the
 run starts from: it keeps the rows of the checks that checkpoint has passed, drops later ones
 (they will be run again) and any torn line (a crash in the middle of an append).
@@ -11,6 +11,15 @@ import logging
 import os
 
 from utils.fileio import write_text_atomic, writing
+
+
+def read_metrics(path):
+    """The rows of metrics.jsonl at `path`, a list of dicts in check order ([] for a missing
+    file); blank lines are skipped, a torn line (an interrupted append) raises ValueError."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def append_metrics(path, row):
