@@ -2,9 +2,10 @@
 
 One job: the file's rows. `read_metrics` gives them (benchmarks and tools read runs with
 it). The trainer (rank 0) appends the row of every check with `append_metrics`, before that
-check's checkpoint, so a crash in between only repeats the check on resume. On (re)start `truncate_metrics` makes the file agree with the checkpoint the
-run starts from: it keeps the rows of the checks that checkpoint has passed, drops later ones
-(they will be run again) and any torn line (a crash in the middle of an append).
+check's checkpoint, so a crash in between only repeats the check on resume. On (re)start
+`truncate_metrics` makes the file agree with the checkpoint the run starts from: it keeps
+the rows of the checks that checkpoint has passed, drops later ones (they will be run again)
+and any torn line (a crash in the middle of an append).
 """
 import json
 import logging
