@@ -1,4 +1,4 @@
-"""Validation / checkpoint cadence (val_every_steps, ckpt_every_s): how many checks and
+"""Validation / checkpoint cadence (val_every_steps, val_every_growth, ckpt_every_s): how many checks and
 checkpoint writes a run makes, that the cadence does not change what is trained, and exact
 resume from a checkpoint written between two checks (signal or crash)."""
 import json
@@ -10,7 +10,7 @@ import torch
 
 from tests.test_trainer import assert_same_state, cfg, data, make  # noqa: F401 (fixtures)
 from utils import trainer as trainer_mod
-from utils.optim import check_interval
+from utils.optim import check_interval, next_check_step
 
 
 def rows(run_dir):
@@ -66,6 +66,41 @@ def test_check_interval():
     assert check_interval(0, 32) == 32 and check_interval(None, 1) == 1     # every epoch
     assert check_interval(50, 1) == 50 and check_interval(50, 32) == 50     # every 50 steps
     assert check_interval(20, 32) == 32                                     # the later one
+
+
+def test_next_check_step():
+    assert [next_check_step(s, 32) for s in (0, 31, 32, 33, 64)] == [32, 32, 64, 64, 96]
+    checks, s = [], 0
+    for _ in range(14):
+        s = next_check_step(s, 32, 0.1)
+        checks.append(s)
+    # every 32 steps until 10% of the steps trained exceeds 32, then 10% of them apart
+    assert checks == [32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 388, 427, 470]
+    # a function of the step alone: from any step between two checks, the next one (resume)
+    assert all(next_check_step(x, 32, 0.1) == 388 for x in range(352, 388))
+    assert next_check_step(388, 32, 0.1) == 427
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_growing_cadence_and_exact_resume(cfg, tmp_path, monkeypatch):
+    """1-step epochs, val_every_steps 2, val_every_growth 0.5: checks after steps 2, 4, 6, 9,
+    14, 21, 32 and 40 (the end), each at least half the steps so far after the previous
+    one. SIGTERM after step 17 (between the checks at 14 and 21): the resumed run checks at
+    the same steps and ends with the uninterrupted run's weights and validation losses."""
+    over = dict(n_train=8, max_epochs=40, val_every_steps=2, val_every_growth=0.5)
+    make(cfg, tmp_path / "full", **over).fit()
+    full = rows(tmp_path / "full")
+    assert [x["iters"] for x in full] == [2, 4, 6, 9, 14, 21, 32, 40]
+    t = make(cfg, tmp_path / "cut", **over)
+    _interrupt_at(t, monkeypatch, 17, "sigterm")
+    assert t.fit()["stopped"]
+    resumed = make(cfg, tmp_path / "cut", **over)
+    assert resumed.iters == 17 and resumed.next_check == 21
+    resumed.fit()
+    cut = rows(tmp_path / "cut")
+    assert [x["iters"] for x in cut] == [x["iters"] for x in full]
+    assert [x["val_loss"] for x in cut] == [x["val_loss"] for x in full]
+    assert_same_state(weights(tmp_path / "full"), weights(tmp_path / "cut"))
 
 
 def test_one_step_epochs_validate_every_k_steps(cfg, tmp_path, writes):

@@ -134,6 +134,10 @@ SCHEMA = {
     "val_every_steps": Key(0, (int,), "validate (and checkpoint) every max(this, steps per "
                            "epoch) optimizer steps and at the end; 0 or null: every epoch "
                            "(published)", nullable=True, min=0),
+    "val_every_growth": Key(0.0, NUM, "> 0: validation checks at least this fraction of the "
+                            "steps trained so far apart (geometric cadence: patience counted "
+                            "in checks grows with the run); 0 or null: every val_every_steps",
+                            nullable=True, min=0),
     "ckpt_every_s": Key(0, NUM, "> 0: write the latest checkpoint when this many seconds "
                         "passed since the last one (checked after every step) instead of at "
                         "every validation, and the best one with it (kept in memory until "

@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule and step arithmetic of a training run (published keys:
 optimizer, lr, weight_decay, scheduler, max_cosine_lr_epochs; the step budget `min_steps` and
-the validation cadence `val_every_steps`; the early-stopping rule and the plateau schedule of
+the validation cadence `val_every_steps`, `val_every_growth`; the early-stopping rule and the plateau schedule of
 converged training: `early_stop_update`, `EarlyStopping`, `PlateauSchedule`)."""
 import logging
 import math
@@ -170,6 +170,26 @@ def epochs_for_steps(max_epochs, min_steps, steps_per_epoch):
     an epoch) with max_epochs 30 and min_steps 250 -> 250 epochs.
     """
     return max(int(max_epochs), -(-int(min_steps) // max(1, int(steps_per_epoch))))
+
+
+def next_check_step(step, check_every, growth=0.0):
+    """The first validation check after optimizer step `step` (0: the start of training).
+
+    The checks are at s_1 = check_every and s_(k+1) = s_k + max(check_every, ceil(growth s_k)):
+    every `check_every` steps with growth 0 (the fixed cadence), and, with growth g > 0, at
+    least g times the steps trained so far apart once g s_k exceeds check_every, i.e.
+    geometrically spaced. Patience counted in checks then grows with the run: P checks
+    without improvement after a best at step b span about b ((1 + g)^P - 1) steps (8 checks
+    at g = 0.05: 0.48 b), so a long run that improves slowly is not stopped by a patience
+    sized for a short one. E.g. check_every 32, g 0.1: 32, 64, ..., 320, 352, 388, 427, ...
+    A pure function of the step: resume recomputes it (no state to save)."""
+    check_every = max(1, int(check_every))
+    if not growth:
+        return (int(step) // check_every + 1) * check_every
+    s = check_every
+    while s <= step:
+        s += max(check_every, math.ceil(growth * s))
+    return s
 
 
 def check_interval(val_every_steps, steps_per_epoch):

@@ -30,7 +30,9 @@ records `stopped_early`, `stop_step`, `best_step`, `max_steps` and `capped_while
 
 Cadence: validation (and with it the latest checkpoint) happens every `check_interval`
 optimizer steps = max(val_every_steps, steps per epoch), i.e. every epoch by default, and
-always after the last step. The lr schedule does not depend on it: the cosine steps at every
+always after the last step; `val_every_growth: g` > 0 spaces the checks at least g times the
+steps trained so far apart (`next_check_step`), so early stopping's and the plateau
+schedule's patience, counted in checks, grow with the run. The lr schedule does not depend on it: the cosine steps at every
 epoch end. A 1-step epoch with val_every_steps 50 validates every 50 epochs.
 
 Epochs are counted from 1: checkpoint `epoch` = number of completed epochs; a checkpoint
@@ -63,7 +65,8 @@ from utils.inferencer import autocast_context, evaluate
 from utils.loss_utils import TrainingLoss
 from utils.metrics_log import append_metrics, truncate_metrics
 from utils.optim import (EarlyStopping, PlateauSchedule, adapt_cosine_period,
-                         build_optimizer, build_scheduler, check_interval, epochs_for_steps)
+                         build_optimizer, build_scheduler, check_interval, epochs_for_steps,
+                         next_check_step)
 from utils.run_guard import DirLock, pending_stop_signal, refuse_symlinks
 from utils.run_layout import RunLayout
 from utils.train_checks import check_data_unchanged, check_resume_config, check_training_config
@@ -140,6 +143,7 @@ class Trainer:
         # cadence: a validation check every `check_every` steps and after the last one
         self.total_steps = int(params.max_steps or self.max_epochs * self.steps_per_epoch)
         self.check_every = check_interval(params.val_every_steps, self.steps_per_epoch)
+        self.check_growth = float(params.val_every_growth or 0)
         self.ckpt_every_s = float(params.ckpt_every_s or 0)
         # early stopping (patience 0: off; the rule's state is kept for the summary's flag)
         self.early_stop = EarlyStopping(params.early_stop_patience, params.early_stop_min_delta)
@@ -161,6 +165,7 @@ class Trainer:
         elif params.pretrained:
             load_weights(self.raw_model, params.pretrained,  # weights only, fresh optimizer
                          strict=bool(params.pretrained_strict))
+        self.next_check = self._next_check()   # the step of the next validation check
 
         model = self.raw_model
         if self.distributed:
@@ -406,6 +411,10 @@ class Trainer:
         self._train_seconds = 0.0  # time inside training steps since the last check
         self._interval_t0 = time.time()
 
+    def _next_check(self):
+        """The step of the first validation check after the current one (next_check_step)."""
+        return next_check_step(self.iters, self.check_every, self.check_growth)
+
     def _finished(self):
         return self.iters >= self.total_steps or self.early_stop.stopped
 
@@ -457,8 +466,9 @@ class Trainer:
                     if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
                         self.scheduler.step()   # the cosine is per epoch
                 self._train_seconds += time.time() - t0
-                if self.iters % self.check_every == 0 or self._finished():
+                if self.iters >= self.next_check or self._finished():
                     self._check(wandb_run, force_latest=stop or ckpt_due)
+                    self.next_check = self._next_check()
                 elif stop or ckpt_due:
                     self._save(latest=True)
                 if stop:
