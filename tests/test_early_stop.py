@@ -74,6 +74,25 @@ def test_early_stopping_stops_at_the_right_check(cfg, tmp_path):
     assert json.load(open(tmp_path / "run/train_summary.json"))["stop_step"] == 8
 
 
+@pytest.mark.parametrize("metric,best_step,stop_step", [("loss", 4, 8), ("rel_l2", 12, 12)])
+def test_val_metric(cfg, tmp_path, metric, best_step, stop_step):
+    """The validation loss (MSE) stalls after check 2 while the relative L2 error keeps
+    falling: with `val_metric: loss` the best check is 2 (step 4) and patience 2 stops the run
+    at check 4 (step 8); with `rel_l2` every check improves, the run reaches its cap (12
+    steps) and the best check is the last, as is the plateau schedule's lr."""
+    t = make(cfg, tmp_path / metric, n_train=8, max_epochs=1, max_steps=12, val_every_steps=2,
+             early_stop_patience=2, scheduler="plateau", lr_plateau_patience=1,
+             val_metric=metric)
+    losses, rels = iter([1.0, 0.5, 0.6, 0.55, 0.7, 0.8]), iter([1.0, 0.8, 0.6, 0.4, 0.3, 0.2])
+    t.validate = lambda n_examples=0: (next(losses), next(rels), None)
+    s = t.fit()
+    assert (s["best_step"], s["stop_step"]) == (best_step, stop_step)
+    assert s["stopped_early"] is (metric == "loss")
+    assert s["best_val_rel_l2"] == {"loss": 0.8, "rel_l2": 0.2}[metric]
+    lrs = {r["lr"] for r in rows(tmp_path / metric)}
+    assert len(lrs) == (2 if metric == "loss" else 1)    # a plateau halved it, or none did
+
+
 @pytest.mark.parametrize("patience,values,capped", [
     (3, [1.0, 0.9, 0.8, 0.7, 0.6], True),      # improving to the end
     (3, [1.0, 0.9, 0.8, 0.85, 0.82], True),    # 2 checks without improvement < patience 3

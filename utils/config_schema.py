@@ -134,6 +134,10 @@ SCHEMA = {
     "val_every_steps": Key(0, (int,), "validate (and checkpoint) every max(this, steps per "
                            "epoch) optimizer steps and at the end; 0 or null: every epoch "
                            "(published)", nullable=True, min=0),
+    "val_metric": Key("loss", (str,), "the validation metric that picks the best checkpoint "
+                      "and drives early stopping and the plateau schedule: 'loss' (the "
+                      "training loss, published) or 'rel_l2' (the relative L2 error)",
+                      choices=("loss", "rel_l2")),
     "val_every_growth": Key(0.0, NUM, "> 0: validation checks at least this fraction of the "
                             "steps trained so far apart (geometric cadence: patience counted "
                             "in checks grows with the run); 0 or null: every val_every_steps",

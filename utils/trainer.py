@@ -144,6 +144,7 @@ class Trainer:
         self.total_steps = int(params.max_steps or self.max_epochs * self.steps_per_epoch)
         self.check_every = check_interval(params.val_every_steps, self.steps_per_epoch)
         self.check_growth = float(params.val_every_growth or 0)
+        self.val_metric = params.val_metric
         self.ckpt_every_s = float(params.ckpt_every_s or 0)
         # early stopping (patience 0: off; the rule's state is kept for the summary's flag)
         self.early_stop = EarlyStopping(params.early_stop_patience, params.early_stop_min_delta)
@@ -517,23 +518,28 @@ class Trainer:
         want_fig = bool(wandb_run) and self.params.plot_figs
         epoch = self._epoch_of_step()
         val_loss, val_rel, examples = self.validate(n_examples=1 if want_fig else 0)
-        if not math.isfinite(val_loss):
+        if not (math.isfinite(val_loss) and math.isfinite(val_rel)):
             if all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
                 raise DataError(f"non-finite validation loss at epoch {epoch} from a "
                                 f"finite model: check the data {self.params.val_path}")
             raise TrainingDiverged(f"non-finite validation loss at epoch {epoch}; "
                                    f"stopped without writing checkpoints")
         self.last_val = (val_loss, val_rel)
-        is_best = val_loss <= self.best_val_loss
+        # the metric that picks the best check and drives early stopping and the plateau
+        # schedule: the training loss (published) or the relative L2 error the study reports
+        score, best = ((val_rel, self.best_val_rel_l2) if self.val_metric == "rel_l2"
+                       else (val_loss, self.best_val_loss))
+        is_best = score <= best
         if is_best:
             self.best_val_loss, self.best_val_rel_l2 = val_loss, val_rel
             self.best_epoch, self.best_step = epoch, self.iters
-        if self.early_stop.update(val_loss):
+        if self.early_stop.update(score):
             logging.info("early stopping at step %d: %d checks without a %g relative "
-                         "improvement of the validation loss (best at step %d)", self.iters,
-                         self.early_stop.bad_checks, self.early_stop.min_delta, self.best_step)
+                         "improvement of the validation %s (best at step %d)", self.iters,
+                         self.early_stop.bad_checks, self.early_stop.min_delta,
+                         self.val_metric, self.best_step)
         if isinstance(self.scheduler, PlateauSchedule):
-            self.scheduler.on_check(val_loss)
+            self.scheduler.on_check(score)
         total = self._allreduce_sum(self._interval_sums())
         train_loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
         samples = self._seen * self.world
