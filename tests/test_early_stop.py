@@ -91,6 +91,8 @@ def test_val_metric(cfg, tmp_path, metric, best_step, stop_step):
     assert s["best_val_rel_l2"] == {"loss": 0.8, "rel_l2": 0.2}[metric]
     lrs = {r["lr"] for r in rows(tmp_path / metric)}
     assert len(lrs) == (2 if metric == "loss" else 1)    # a plateau halved it, or none did
+    card = json.load(open(tmp_path / metric / "checkpoints/model_card.json"))
+    assert card["training"]["val_metric"] == metric     # what the best checkpoint rests on
 
 
 @pytest.mark.parametrize("patience,values,capped", [

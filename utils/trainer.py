@@ -5,7 +5,8 @@ every file atomically):
   hyperparams.yaml         the config as run (with --set overrides and derived sizes)
   checkpoints/ckpt.tar     latest state, written at every validation check (or every
                            `ckpt_every_s` seconds), at the end and on SIGTERM/SIGUSR1
-  checkpoints/ckpt_best.tar  the check with the lowest validation loss: written at that check
+  checkpoints/ckpt_best.tar  the check with the lowest validation loss (`val_metric`: the
+                           loss or the relative L2 error): written at that check
                            when ckpt.tar is; with `ckpt_every_s` kept in memory and written
                            just before the next ckpt.tar (time, signal, end)
   metrics.jsonl            one JSON object per validation check
