@@ -30,7 +30,7 @@
 # n's choice and its neighbours; cpu default seeded, paper grid), STUDY_SET (key=value
 # overrides of the downstream runs, e.g. "min_steps=100 max_epochs=8" for a fixed budget),
 # STEP_CAPS ("N:STEPS ...": the downstream step cap at those n_train, replacing STUDY_SET's
-# max_steps there; cpu "4096:30000", empty: none), PT_SET (key=value
+# max_steps there; cpu "4096:60000", empty: none), PT_SET (key=value
 # overrides of the pre-training runs), EXTRA_SET (key=value overrides of EVERY training run,
 # e.g. "max_epochs=1" for a smoke test; it wins over STUDY_SET and PT_SET), TARGETS (target
 # errors; the from-scratch sweep runs n upwards until its error reaches the smallest, the

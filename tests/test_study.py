@@ -258,7 +258,7 @@ def test_step_cap_grows_with_n(tmp_path, monkeypatch):
 
     sweeps = [c for c in dry_run(tmp_path, study="physics") if "utils/sweeps.py" in c]
     assert len(sweeps) == 8      # 2 transfers x 2 losses x (scratch, fine-tuned)
-    assert all(set_for(c) == [("n_train=4096", "max_steps=30000")] for c in sweeps)
+    assert all(set_for(c) == [("n_train=4096", "max_steps=60000")] for c in sweeps)
     # after the from-scratch ascent stopped at n 64 the fine-tuned sweep runs no n = 4096
     mixed = [c for c in dry_run(tmp_path, study="mixed", step_caps="32:500 4096:40000")
              if "utils/sweeps.py" in c]
