@@ -473,8 +473,9 @@ def build_model_info(params, metrics=None, n_params=None):
     for key in ("max_epochs", "batch_size", "lr", "optimizer", "scheduler", "loss_func",
                 "loss_style", "seed", "subsample", "freeze", "finetune_mode",
                 "lora_rank", "min_steps", "max_steps", "val_every_steps",
-                "val_every_growth", "val_metric", "early_stop_patience", "early_stop_min_delta", "warmup_steps",
-                "lr_plateau_factor", "lr_plateau_patience"):
+                "val_every_growth", "val_metric", "early_stop_patience",
+                "early_stop_min_delta", "warmup_steps", "lr_plateau_factor",
+                "lr_plateau_patience"):
         training[key] = plain(_get(params, key))
     training["pretrained"] = os.path.basename(pretrained) if pretrained else None
     return dict(

@@ -1,7 +1,8 @@
 """Optimizer, learning-rate schedule and step arithmetic of a training run (published keys:
 optimizer, lr, weight_decay, scheduler, max_cosine_lr_epochs; the step budget `min_steps` and
-the validation cadence `val_every_steps`, `val_every_growth`; the early-stopping rule and the plateau schedule of
-converged training: `early_stop_update`, `EarlyStopping`, `PlateauSchedule`)."""
+the validation cadence `val_every_steps`, `val_every_growth` (`next_check_step`); the
+early-stopping rule and the plateau schedule of converged training: `early_stop_update`,
+`EarlyStopping`, `PlateauSchedule`)."""
 import logging
 import math
 

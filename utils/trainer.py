@@ -33,8 +33,9 @@ Cadence: validation (and with it the latest checkpoint) happens every `check_int
 optimizer steps = max(val_every_steps, steps per epoch), i.e. every epoch by default, and
 always after the last step; `val_every_growth: g` > 0 spaces the checks at least g times the
 steps trained so far apart (`next_check_step`), so early stopping's and the plateau
-schedule's patience, counted in checks, grow with the run. The lr schedule does not depend on it: the cosine steps at every
-epoch end. A 1-step epoch with val_every_steps 50 validates every 50 epochs.
+schedule's patience, counted in checks, grow with the run. The cosine schedule does not
+depend on the cadence: it steps at every epoch end. A 1-step epoch with val_every_steps 50
+validates every 50 epochs.
 
 Epochs are counted from 1: checkpoint `epoch` = number of completed epochs; a checkpoint
 written between two checks (on a signal, or by `ckpt_every_s`) may be inside an epoch: it
