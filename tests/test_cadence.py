@@ -1,6 +1,6 @@
 """Validation / checkpoint cadence (val_every_steps, val_every_growth, ckpt_every_s): how many
-checks and checkpoint writes a run makes, that the cadence does not change what is trained, and exact
-resume from a checkpoint written between two checks (signal or crash)."""
+checks and checkpoint writes a run makes, that the cadence does not change what is trained,
+and exact resume from a checkpoint written between two checks (signal or crash)."""
 import json
 import os
 import signal
