@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.helpers import copy_study_code
 from utils.YParams import YParams
@@ -281,3 +282,27 @@ def test_step_cap_grows_with_n(tmp_path, monkeypatch):
                       (dict(step_caps="4096:9", study_set="max_epochs=8"), "needs one there")]:
         with pytest.raises(UserError, match=msg):
             resolve(over)
+
+
+def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
+    """A pre-training run on disk trained under other settings than the study's PT_SET (here
+    an older stopping rule) is refused with one line instead of being reused; one trained
+    with them (and the size) passes, and so does a run not on disk yet."""
+    monkeypatch.chdir(REPO)
+    cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
+    pt = next(c for c in cmds if "train.py" in c)
+    run_dir = tmp_path / "root" / "expts" / arg(pt, "--config") / arg(pt, "--run_num")
+    run_dir.mkdir(parents=True)
+    sets = dict(w.split("=", 1) for i, w in enumerate(pt) if pt[i - 1] == "--set")
+    hp = {k: yaml.safe_load(v) for k, v in sets.items()}
+    (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(dict(hp, train_path="/x.h5")))
+    dry_run(tmp_path, study="shifts", shifts="5,10")             # the same settings: fine
+    (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(dict(hp, early_stop_patience=99)))
+    with pytest.raises(UserError, match="was trained with early_stop_patience=99, the study "
+                                        "now asks for 8"):
+        dry_run(tmp_path, study="shifts", shifts="5,10")
+    del hp["max_steps"]        # a key the run did not record: the schema default (0) differs
+    (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(hp))
+    with pytest.raises(UserError, match="max_steps=0"):
+        dry_run(tmp_path, study="shifts", shifts="5,10")
+

@@ -26,10 +26,13 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import yaml
+
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.YParams import parse_overrides  # noqa: E402
+from utils.config_schema import param  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
 from utils.lr_search import LR_SEARCHES, ran_n  # noqa: E402
@@ -115,6 +118,34 @@ def step_caps(text):
                             f"and its max_steps), got '{item}'")
         caps[int(n)] = int(cap)
     return caps
+
+
+def check_run_settings(hyperparams_path, set_args):
+    """A run already on disk (hyperparams.yaml) must have the settings of the `--set` pairs
+    in `set_args` (the last of a key wins, as in train.py): the driver skips a finished run,
+    so after a change of PT_SET (e.g. the stopping rule) it would otherwise reuse weights
+    trained under another. UserError naming the first difference; no file: nothing to check."""
+    if not os.path.isfile(hyperparams_path):
+        return
+    try:
+        with open(hyperparams_path) as f:
+            have = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read {hyperparams_path}: {e}") from None
+    if not isinstance(have, dict):
+        raise UserError(f"{hyperparams_path} is not a mapping of settings")
+    want = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
+    for key, value in want.items():
+        if key.endswith("_path") or key == "pretrained":   # resolved when the run started
+            continue
+        try:
+            old = have[key] if key in have else param({}, key)
+        except KeyError:      # not a schema key and not in the run's settings
+            old = None
+        if old != value:
+            raise UserError(f"{os.path.dirname(hyperparams_path)} was trained with {key}="
+                            f"{old!r}, the study now asks for {value!r}: move that run aside "
+                            f"(or set PT_SET / EXTRA_SET to what it used)")
 
 
 def size_sets(size):
@@ -247,6 +278,7 @@ class Study:
             # pre-training's own budget first, so that extra_set wins over it
             extra = [a for kv in self.opt["pt_set"].split() + self.opt["extra_set"].split()
                      for a in ("--set", kv)]
+            check_run_settings(layout.hyperparams, extra + list(sets))
             self.call(self.launch + ["train.py", *common, *extra, *sets],
                       skip_if=layout.train_summary)
             self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt, *sets],
