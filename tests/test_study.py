@@ -105,10 +105,10 @@ def test_question_4_two_budgets(tmp_path, monkeypatch):
     default = dry_run(tmp_path, study="mixed")
     # the cpu preset's converged protocol: the budgets are step caps, the single-PDE cap of
     # PT_SET and 3x it
-    assert mixed_training(default) == {"m8w16": "max_steps=12000"}
+    assert mixed_training(default) == {"m8w16": "max_steps=36000"}
     both = dry_run(tmp_path, study="mixed", mixed_budgets="steps epochs")
-    assert mixed_training(both) == {"m8w16": "max_steps=12000",
-                                    "m8w16_epochs": "max_steps=36000"}
+    assert mixed_training(both) == {"m8w16": "max_steps=36000",
+                                    "m8w16_epochs": "max_steps=108000"}
     # a fixed-epoch protocol (no step cap in PT_SET): epochs, 8 (MIXED_EPOCHS) and 24
     fixed = dry_run(tmp_path, study="mixed", mixed_budgets="steps epochs", pt_set="",
                     mixed_epochs="8")
@@ -299,7 +299,7 @@ def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
     dry_run(tmp_path, study="shifts", shifts="5,10")             # the same settings: fine
     (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(dict(hp, early_stop_patience=99)))
     with pytest.raises(UserError, match="was trained with early_stop_patience=99, the study "
-                                        "now asks for 8"):
+                                        f"now asks for {hp['early_stop_patience']}"):
         dry_run(tmp_path, study="shifts", shifts="5,10")
     del hp["max_steps"]        # a key the run did not record: the schema default (0) differs
     (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(hp))
