@@ -306,3 +306,25 @@ def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="max_steps=0"):
         dry_run(tmp_path, study="shifts", shifts="5,10")
 
+
+def test_zero_shot_older_than_its_weights_is_refused(tmp_path, monkeypatch):
+    """The zero-shot evaluation on disk is skipped by the driver; when the pre-trained weights
+    it evaluated are newer (retrained), the driver refuses instead of reusing it."""
+    monkeypatch.chdir(REPO)
+    cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
+    zs_cmd = next(c for c in cmds if "eval.py" in c and arg(c, "--run_num") == "zeroshot")
+    weights, summary = arg(zs_cmd, "--weights"), os.path.join(arg(zs_cmd, "--out_dir"),
+                                                              "summary.json")
+    os.makedirs(os.path.dirname(weights))
+    os.makedirs(os.path.dirname(summary))
+    with open(weights, "w") as f:
+        f.write("w")
+    with open(summary, "w") as f:
+        f.write("{}")
+    os.utime(weights, (time.time() - 60, time.time() - 60))      # evaluated after training
+    assert not any(arg(c, "--run_num") == "zeroshot" for c in dry_run(tmp_path, study="shifts",
+                                                                       shifts="5,10"))
+    os.utime(weights, (time.time() + 60, time.time() + 60))      # retrained since
+    with pytest.raises(UserError, match="is older than .*ckpt_best.tar"):
+        dry_run(tmp_path, study="shifts", shifts="5,10")
+

@@ -148,6 +148,17 @@ def check_run_settings(hyperparams_path, set_args):
                             f"(or set PT_SET / EXTRA_SET to what it used)")
 
 
+def check_newer(result, source):
+    """A result the driver skips because it exists (a zero-shot evaluation) must be newer than
+    the file it was computed from (the pre-trained weights): weights retrained since would
+    otherwise be described by the old numbers. UserError; either file missing: nothing to
+    check."""
+    if (os.path.isfile(result) and os.path.isfile(source)
+            and os.path.getmtime(result) < os.path.getmtime(source)):
+        raise UserError(f"{result} is older than {source}, which may have been retrained "
+                        f"since: move the evaluation aside to redo it")
+
+
 def size_sets(size):
     """'M:W' -> (--set pairs of mode_cut and embed_cut, name suffix '_mMwW');
     'default' (the config's own size) -> ([], '')."""
@@ -289,6 +300,7 @@ class Study:
         """The pre-trained weights on `cfg`'s (downstream) test set."""
         zs = f"{self.opt['root']}/zeroshot/{name}"
         if not self.analyse_only:
+            check_newer(os.path.join(zs, EVAL_SUMMARY), weights)
             self.call(self.python + ["eval.py", "--yaml_config", yaml, "--config", cfg,
                                      "--run_num", "zeroshot", "--root_dir", self.opt["root"],
                                      "--weights", weights, "--out_dir", zs, *sets],
