@@ -10,12 +10,12 @@ import torch
 
 from tests.test_trainer import assert_same_state, cfg, data, make  # noqa: F401 (fixtures)
 from utils import trainer as trainer_mod
+from utils.metrics_log import read_metrics
 from utils.optim import check_interval, next_check_step
 
 
 def rows(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
 
 
 def checkpoint(run_dir, name="ckpt.tar"):

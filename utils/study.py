@@ -26,12 +26,10 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import yaml
-
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.YParams import parse_overrides  # noqa: E402
+from utils.YParams import is_path_key, parse_overrides, read_yaml  # noqa: E402
 from utils.config_schema import param  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
@@ -127,16 +125,10 @@ def check_run_settings(hyperparams_path, set_args):
     trained under another. UserError naming the first difference; no file: nothing to check."""
     if not os.path.isfile(hyperparams_path):
         return
-    try:
-        with open(hyperparams_path) as f:
-            have = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {hyperparams_path}: {e}") from None
-    if not isinstance(have, dict):
-        raise UserError(f"{hyperparams_path} is not a mapping of settings")
+    have = read_yaml(hyperparams_path, what="run settings", error=UserError)
     want = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
     for key, value in want.items():
-        if key.endswith("_path") or key == "pretrained":   # resolved when the run started
+        if is_path_key(key):    # resolved when the run started
             continue
         try:
             old = have[key] if key in have else param({}, key)
