@@ -9,6 +9,7 @@
 """
 import csv
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -215,7 +216,6 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
     """The from-scratch sweep runs first with --stop_at_error = the smallest target; the
     fine-tuned sweep then runs the n values the from-scratch ascent ran (its ascent.json;
     the full range before it ran). lr_search and pt_set per preset, LR_SEARCH checked."""
-    import json
 
     monkeypatch.chdir(REPO)
     cmds = dry_run(tmp_path, study="headline", pt_set="max_epochs=30 lr=1e-3",
@@ -250,7 +250,6 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
 def test_step_cap_grows_with_n(tmp_path, monkeypatch):
     """The cpu preset's step caps per n (STEP_CAPS_DOWN) reach every downstream sweep as
     --set_for flags of the n it runs; they need the budget's step cap; paper has none."""
-    import json
 
     monkeypatch.chdir(REPO)
 
@@ -307,24 +306,63 @@ def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
         dry_run(tmp_path, study="shifts", shifts="5,10")
 
 
-def test_zero_shot_older_than_its_weights_is_refused(tmp_path, monkeypatch):
-    """The zero-shot evaluation on disk is skipped by the driver; when the pre-trained weights
-    it evaluated are newer (retrained), the driver refuses instead of reusing it."""
+def test_stale_evaluations_are_run_again(tmp_path, monkeypatch):
+    """An evaluation on disk (zero-shot, the pre-training's own) is skipped by the driver
+    while it is newer than the weights it evaluated; once the weights are newer (trained on,
+    retrained) the driver runs it again instead of reporting the old numbers."""
     monkeypatch.chdir(REPO)
     cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
     zs_cmd = next(c for c in cmds if "eval.py" in c and arg(c, "--run_num") == "zeroshot")
-    weights, summary = arg(zs_cmd, "--weights"), os.path.join(arg(zs_cmd, "--out_dir"),
-                                                              "summary.json")
-    os.makedirs(os.path.dirname(weights))
-    os.makedirs(os.path.dirname(summary))
-    with open(weights, "w") as f:
-        f.write("w")
-    with open(summary, "w") as f:
-        f.write("{}")
-    os.utime(weights, (time.time() - 60, time.time() - 60))      # evaluated after training
-    assert not any(arg(c, "--run_num") == "zeroshot" for c in dry_run(tmp_path, study="shifts",
-                                                                       shifts="5,10"))
-    os.utime(weights, (time.time() + 60, time.time() + 60))      # retrained since
-    with pytest.raises(UserError, match="is older than .*ckpt_best.tar"):
-        dry_run(tmp_path, study="shifts", shifts="5,10")
+    pt_eval = next(c for c in cmds if "eval.py" in c and arg(c, "--run_num") != "zeroshot")
+    weights = arg(zs_cmd, "--weights")
+    run_dir = os.path.dirname(os.path.dirname(weights))
+    summaries = [os.path.join(arg(zs_cmd, "--out_dir"), "summary.json"),
+                 os.path.join(run_dir, "eval", "summary.json")]
+    for path in [weights, *summaries]:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("{}")
 
+    def evals():
+        return [c for c in dry_run(tmp_path, study="shifts", shifts="5,10") if "eval.py" in c]
+
+    os.utime(weights, (time.time() - 60, time.time() - 60))      # evaluated after training
+    assert evals() == []
+    os.utime(weights, (time.time() + 60, time.time() + 60))      # trained since
+    assert evals() == [pt_eval, zs_cmd]
+
+
+def test_capped_pretraining_trains_on_to_a_raised_cap(tmp_path, monkeypatch):
+    """PT_SET's max_steps may rise over a run on disk: a run that ended at its old cap trains
+    on (train.py resumes it), a converged one (stopped early) is kept; a lower cap than the
+    run trained with is refused like any other changed setting."""
+    monkeypatch.chdir(REPO)
+    cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
+    pt = next(c for c in cmds if "train.py" in c)
+    run_dir = tmp_path / "root" / "expts" / arg(pt, "--config") / arg(pt, "--run_num")
+    run_dir.mkdir(parents=True)
+    sets = dict(w.split("=", 1) for i, w in enumerate(pt) if pt[i - 1] == "--set")
+    hp = {k: yaml.safe_load(v) for k, v in sets.items()}
+    cap = hp["max_steps"]
+    (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(hp))
+    pt_set = resolve({"root": str(tmp_path / "root")})["pt_set"]
+
+    def trains(**summary):
+        (run_dir / "train_summary.json").write_text(json.dumps(summary))
+        return [c for c in dry_run(tmp_path, study="shifts", shifts="5,10",
+                                   pt_set=pt_set.replace(f"max_steps={cap}",
+                                                         f"max_steps={2 * cap}"))
+                if "train.py" in c]
+
+    assert trains(iters=cap, stopped_early=False, capped_while_improving=True) == [
+        pt[:pt.index("max_steps=" + str(cap))] + [f"max_steps={2 * cap}"]
+        + pt[pt.index("max_steps=" + str(cap)) + 1:]]
+    assert trains(iters=cap // 2, stopped_early=True, capped_while_improving=False) == []
+    assert trains(iters=2 * cap, stopped_early=False, capped_while_improving=True) == []
+    # the same cap: a finished run is done however it ended
+    (run_dir / "train_summary.json").write_text(json.dumps(dict(iters=cap, stopped_early=False)))
+    assert not any("train.py" in c for c in dry_run(tmp_path, study="shifts", shifts="5,10"))
+    with pytest.raises(UserError, match=f"was trained with max_steps={cap}, the study now "
+                                        f"asks for {cap // 2}"):
+        dry_run(tmp_path, study="shifts", shifts="5,10",
+                pt_set=pt_set.replace(f"max_steps={cap}", f"max_steps={cap // 2}"))

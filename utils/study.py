@@ -32,6 +32,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 from utils.YParams import is_path_key, parse_overrides, read_yaml  # noqa: E402
 from utils.config_schema import param  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.fileio import read_json  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
 from utils.lr_search import LR_SEARCHES, ran_n  # noqa: E402
 from utils.run_layout import EVAL_SUMMARY, RunLayout, sweep_dir  # noqa: E402
@@ -122,7 +123,9 @@ def check_run_settings(hyperparams_path, set_args):
     """A run already on disk (hyperparams.yaml) must have the settings of the `--set` pairs
     in `set_args` (the last of a key wins, as in train.py): the driver skips a finished run,
     so after a change of PT_SET (e.g. the stopping rule) it would otherwise reuse weights
-    trained under another. UserError naming the first difference; no file: nothing to check."""
+    trained under another. One exception: `max_steps` may rise (the run then trains on to
+    the new cap, `pretraining_done`). UserError naming the first difference; no file:
+    nothing to check."""
     if not os.path.isfile(hyperparams_path):
         return
     have = read_yaml(hyperparams_path, what="run settings", error=UserError)
@@ -134,21 +137,37 @@ def check_run_settings(hyperparams_path, set_args):
             old = have[key] if key in have else param({}, key)
         except KeyError:      # not a schema key and not in the run's settings
             old = None
+        if key == "max_steps" and old and isinstance(value, int) and value > old:
+            continue          # a raised cap: the run continues (max_steps is resume-safe)
         if old != value:
             raise UserError(f"{os.path.dirname(hyperparams_path)} was trained with {key}="
                             f"{old!r}, the study now asks for {value!r}: move that run aside "
                             f"(or set PT_SET / EXTRA_SET to what it used)")
 
 
-def check_newer(result, source):
-    """A result the driver skips because it exists (a zero-shot evaluation) must be newer than
-    the file it was computed from (the pre-trained weights): weights retrained since would
-    otherwise be described by the old numbers. UserError; either file missing: nothing to
-    check."""
-    if (os.path.isfile(result) and os.path.isfile(source)
-            and os.path.getmtime(result) < os.path.getmtime(source)):
-        raise UserError(f"{result} is older than {source}, which may have been retrained "
-                        f"since: move the evaluation aside to redo it")
+def pretraining_done(summary_path, set_args):
+    """A pre-training run is finished for the study when its train_summary.json exists and
+    the run either stopped early (converged) or trained up to the cap the study asks for
+    (the last `max_steps` of the `--set` pairs `set_args`; none: any finished run). A run
+    that ended at a lower cap while improving is not: the driver trains it on (resume)."""
+    summary = read_json(summary_path)
+    if summary is None:
+        return False
+    sets = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
+    cap = sets.get("max_steps")
+    if not cap or summary.get("stopped_early"):
+        return True
+    return int(summary.get("iters", 0)) >= int(cap)
+
+
+def is_fresh(result, source):
+    """`result` (an evaluation the driver would skip) exists and is not older than the file it
+    was computed from, `source` (the weights; missing: existing is enough). The driver runs
+    a stale evaluation again, e.g. after it trained a capped pre-training on: the numbers on
+    disk would otherwise describe the old weights."""
+    if not os.path.isfile(result):
+        return False
+    return not os.path.isfile(source) or os.path.getmtime(result) >= os.path.getmtime(source)
 
 
 def size_sets(size):
@@ -282,21 +301,21 @@ class Study:
             extra = [a for kv in self.opt["pt_set"].split() + self.opt["extra_set"].split()
                      for a in ("--set", kv)]
             check_run_settings(layout.hyperparams, extra + list(sets))
-            self.call(self.launch + ["train.py", *common, *extra, *sets],
-                      skip_if=layout.train_summary)
-            self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt, *sets],
-                      skip_if=layout.eval_summary)
+            if not pretraining_done(layout.train_summary, extra + list(sets)):
+                self.call(self.launch + ["train.py", *common, *extra, *sets])
+            if not is_fresh(layout.eval_summary, layout.best_ckpt):
+                self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt,
+                                         *sets])
         return layout.best_ckpt
 
     def zeroshot(self, yaml, cfg, name, panel, weights, sets):
         """The pre-trained weights on `cfg`'s (downstream) test set."""
         zs = f"{self.opt['root']}/zeroshot/{name}"
         if not self.analyse_only:
-            check_newer(os.path.join(zs, EVAL_SUMMARY), weights)
-            self.call(self.python + ["eval.py", "--yaml_config", yaml, "--config", cfg,
-                                     "--run_num", "zeroshot", "--root_dir", self.opt["root"],
-                                     "--weights", weights, "--out_dir", zs, *sets],
-                      skip_if=os.path.join(zs, EVAL_SUMMARY))
+            if not is_fresh(os.path.join(zs, EVAL_SUMMARY), weights):
+                self.call(self.python + ["eval.py", "--yaml_config", yaml, "--config", cfg,
+                                         "--run_num", "zeroshot", "--root_dir", self.opt["root"],
+                                         "--weights", weights, "--out_dir", zs, *sets])
         self.zero_shot += ["--zero_shot", f"{panel}={zs}/{EVAL_SUMMARY}"]
 
     def sweep(self, yaml, cfg, name, approach, panel, sets, stop=None, ran=None):
