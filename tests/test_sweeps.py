@@ -206,6 +206,37 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     assert len(_calls(root)) == n_before + 2
 
 
+
+def test_changed_pretrained_weights_are_refused(fake_repo, tmp_path):
+    """A fine-tuning sweep records the fingerprint of its pre-trained weights: the same path
+    with other content (the pre-training trained on since) is refused with one line before
+    any trial runs; the same content, or a sweep.json written before the check, passes."""
+    root = str(tmp_path / "results")
+    cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+    weights = tmp_path / "ckpt_best.tar"
+    weights.write_bytes(b"weights of step 36000")
+
+    def run():
+        return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root,
+                          sets=["epochs=2", f"pretrained={weights}"],
+                          repo_root=str(fake_repo), trial_mode="process").run()
+
+    assert run()[1] == []
+    n_calls = len(_calls(root))
+    record = json.loads((tmp_path / "results" / "sweeps" / "t" / "sweep.json").read_text())
+    assert record["weights"]["file"] == str(weights) and record["weights"]["size"] == 21
+    run()                                              # unchanged: nothing to do, no error
+    weights.write_bytes(b"weights of step 72000")       # trained on: same size, other bytes
+    with pytest.raises(SweepError, match="the pre-trained weights .*ckpt_best.tar changed"):
+        run()
+    assert len(_calls(root)) == n_calls
+    # a sweep.json from before the check has no fingerprint: it is recorded, not refused
+    del record["weights"]
+    (tmp_path / "results" / "sweeps" / "t" / "sweep.json").write_text(json.dumps(record))
+    run()
+    assert "weights" in json.loads((tmp_path / "results" / "sweeps" / "t" / "sweep.json")
+                                   .read_text())
+
 def _fail_one(run_trial, name):
     def wrapped(self, n, settings):
         return False if n == name else run_trial(self, n, settings)

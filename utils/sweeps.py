@@ -79,7 +79,7 @@ from utils.sweep_files import (LR_KEY, REPEAT_KEYS, absolute_path_sets,  # noqa:
                                check_set_for, expand_grid, load_sweep, override_values,
                                propose_trials, trial_name, with_set_for, yaml_text)
 from utils.sweep_workers import WorkerPool  # noqa: E402
-from utils.YParams import read_yaml  # noqa: E402
+from utils.YParams import parse_overrides, read_yaml  # noqa: E402
 
 logger = logging.getLogger(__name__)
 EVAL_SKIP_KEYS = ("subsample", "n_train")   # training-set keys: eval.py uses the whole test set
@@ -406,20 +406,40 @@ class LocalSweep:
     def _check_fixed_settings(self):
         """Trial names come from the swept settings only, so a rerun with another config or
         other --set values would take the old trials as done: refuse it. The first run
-        records them in {sweep_dir}/sweep.json."""
+        records them in {sweep_dir}/sweep.json, with the fingerprint of the pre-trained
+        weights the trials start from (`--set pretrained=`): weights trained on or retrained
+        under the same path since are refused too (old and new trials would mix)."""
         path = os.path.join(self.sweep_dir, "sweep.json")
         fixed = {"config": self.config, "sets": sorted(self.sets)}
+        weights = self._weights_fingerprint()
         old = read_json(path)
         if old is not None and isinstance(old.get("sets"), list):
             # a sweep.json of a runner that passed relative --set paths on: its trials read
             # them in the repository root, where they ran
             old = dict(old, sets=sorted(absolute_path_sets(old["sets"], self.repo_root)))
         if old is None:
-            write_text_atomic(path, json.dumps(fixed, indent=1) + "\n")
+            write_text_atomic(path, json.dumps(dict(fixed, **weights), indent=1) + "\n")
         elif {k: old.get(k) for k in fixed} != fixed:
             raise SweepError(f"sweep {self.sweep_name} in {self.sweep_dir} was run with config "
                              f"{old.get('config')!r} and --set {old.get('sets')}, not "
                              f"{self.config!r} and --set {fixed['sets']}; give it another --name")
+        elif weights and old.get("weights") is None:     # a sweep.json from before the check
+            write_text_atomic(path, json.dumps(dict(old, **weights), indent=1) + "\n")
+        elif weights and old["weights"] != weights["weights"]:
+            raise SweepError(f"sweep {self.sweep_name}: the pre-trained weights "
+                             f"{weights['weights']['file']} changed since its trials started "
+                             f"(trained on or retrained); give it another --name, or move "
+                             f"{self.sweep_dir} aside")
+
+    def _weights_fingerprint(self):
+        """{'weights': {file, size, sha256}} of the `--set pretrained=` file ({} without one,
+        or when it does not exist: the trials then fail with train.py's own message)."""
+        weights = parse_overrides(self.sets).get("pretrained")
+        if not isinstance(weights, str) or not os.path.isfile(weights):
+            return {}
+        from utils.checkpoint import file_fingerprint   # torch only where weights are used
+
+        return {"weights": dict(file=weights, **file_fingerprint(weights))}
 
     def run(self):
         """Run every trial not yet done; return (results.csv path, names of failed trials).
