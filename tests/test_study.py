@@ -283,17 +283,23 @@ def test_step_cap_grows_with_n(tmp_path, monkeypatch):
             resolve(over)
 
 
-def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
-    """A pre-training run on disk trained under other settings than the study's PT_SET (here
-    an older stopping rule) is refused with one line instead of being reused; one trained
-    with them (and the size) passes, and so does a run not on disk yet."""
-    monkeypatch.chdir(REPO)
+def pretraining_on_disk(tmp_path):
+    """(train.py command, run directory made on disk, its --set settings as values) of the
+    pre-training of the (1,5) -> (5,10) shift study rooted in tmp_path."""
     cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
     pt = next(c for c in cmds if "train.py" in c)
     run_dir = tmp_path / "root" / "expts" / arg(pt, "--config") / arg(pt, "--run_num")
     run_dir.mkdir(parents=True)
     sets = dict(w.split("=", 1) for i, w in enumerate(pt) if pt[i - 1] == "--set")
-    hp = {k: yaml.safe_load(v) for k, v in sets.items()}
+    return pt, run_dir, {k: yaml.safe_load(v) for k, v in sets.items()}
+
+
+def test_finished_pretraining_must_match_the_settings(tmp_path, monkeypatch):
+    """A pre-training run on disk trained under other settings than the study's PT_SET (here
+    an older stopping rule) is refused with one line instead of being reused; one trained
+    with them (and the size) passes, and so does a run not on disk yet."""
+    monkeypatch.chdir(REPO)
+    pt, run_dir, hp = pretraining_on_disk(tmp_path)
     (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(dict(hp, train_path="/x.h5")))
     dry_run(tmp_path, study="shifts", shifts="5,10")             # the same settings: fine
     (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(dict(hp, early_stop_patience=99)))
@@ -337,12 +343,7 @@ def test_capped_pretraining_trains_on_to_a_raised_cap(tmp_path, monkeypatch):
     on (train.py resumes it), a converged one (stopped early) is kept; a lower cap than the
     run trained with is refused like any other changed setting."""
     monkeypatch.chdir(REPO)
-    cmds = dry_run(tmp_path, study="shifts", shifts="5,10")
-    pt = next(c for c in cmds if "train.py" in c)
-    run_dir = tmp_path / "root" / "expts" / arg(pt, "--config") / arg(pt, "--run_num")
-    run_dir.mkdir(parents=True)
-    sets = dict(w.split("=", 1) for i, w in enumerate(pt) if pt[i - 1] == "--set")
-    hp = {k: yaml.safe_load(v) for k, v in sets.items()}
+    pt, run_dir, hp = pretraining_on_disk(tmp_path)
     cap = hp["max_steps"]
     (run_dir / "hyperparams.yaml").write_text(yaml.safe_dump(hp))
     pt_set = resolve({"root": str(tmp_path / "root")})["pt_set"]
