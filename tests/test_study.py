@@ -363,6 +363,10 @@ def test_capped_pretraining_trains_on_to_a_raised_cap(tmp_path, monkeypatch):
     # the same cap: a finished run is done however it ended
     (run_dir / "train_summary.json").write_text(json.dumps(dict(iters=cap, stopped_early=False)))
     assert not any("train.py" in c for c in dry_run(tmp_path, study="shifts", shifts="5,10"))
+    # a summary that is not one: one line, not a traceback
+    (run_dir / "train_summary.json").write_text(json.dumps(dict(iters="many")))
+    with pytest.raises(UserError, match="is not a train summary"):
+        dry_run(tmp_path, study="shifts", shifts="5,10")
     with pytest.raises(UserError, match=f"was trained with max_steps={cap}, the study now "
                                         f"asks for {cap // 2}"):
         dry_run(tmp_path, study="shifts", shifts="5,10",

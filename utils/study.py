@@ -155,9 +155,13 @@ def pretraining_done(summary_path, set_args):
         return False
     sets = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
     cap = sets.get("max_steps")
-    if not cap or summary.get("stopped_early"):
-        return True
-    return int(summary.get("iters", 0)) >= int(cap)
+    if isinstance(cap, bool) or not isinstance(cap, (int, type(None))):
+        raise UserError(f"max_steps must be an integer, got {cap!r}")
+    iters = summary.get("iters") if isinstance(summary, dict) else None
+    if isinstance(iters, bool) or not isinstance(iters, int):
+        raise UserError(f"{summary_path} is not a train summary (no integer 'iters'): move "
+                        f"that run aside")
+    return not cap or bool(summary.get("stopped_early")) or iters >= cap
 
 
 def is_fresh(result, source):

@@ -412,7 +412,7 @@ class LocalSweep:
         path = os.path.join(self.sweep_dir, "sweep.json")
         fixed = {"config": self.config, "sets": sorted(self.sets)}
         weights = self._weights_fingerprint()
-        old = read_json(path)
+        old = recorded = read_json(path)
         if old is not None and isinstance(old.get("sets"), list):
             # a sweep.json of a runner that passed relative --set paths on: its trials read
             # them in the repository root, where they ran
@@ -424,7 +424,7 @@ class LocalSweep:
                              f"{old.get('config')!r} and --set {old.get('sets')}, not "
                              f"{self.config!r} and --set {fixed['sets']}; give it another --name")
         elif weights and old.get("weights") is None:     # a sweep.json from before the check
-            write_text_atomic(path, json.dumps(dict(old, **weights), indent=1) + "\n")
+            write_text_atomic(path, json.dumps(dict(recorded, **weights), indent=1) + "\n")
         elif weights and old["weights"] != weights["weights"]:
             raise SweepError(f"sweep {self.sweep_name}: the pre-trained weights "
                              f"{weights['weights']['file']} changed since its trials started "
