@@ -328,6 +328,8 @@ def test_stale_evaluations_are_run_again(tmp_path, monkeypatch):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write("{}")
+    with open(os.path.join(run_dir, "train_summary.json"), "w") as f:    # a finished run
+        json.dump(dict(iters=100, stopped_early=True), f)
 
     def evals():
         return [c for c in dry_run(tmp_path, study="shifts", shifts="5,10") if "eval.py" in c]
@@ -358,6 +360,13 @@ def test_capped_pretraining_trains_on_to_a_raised_cap(tmp_path, monkeypatch):
     assert trains(iters=cap, stopped_early=False, capped_while_improving=True) == [
         pt[:pt.index("max_steps=" + str(cap))] + [f"max_steps={2 * cap}"]
         + pt[pt.index("max_steps=" + str(cap)) + 1:]]
+    # ... and its evaluations follow it even where the files on disk look fresh
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "summary.json").write_text("{}")     # no weights file: "fresh"
+    after = dry_run(tmp_path, study="shifts", shifts="5,10",
+                    pt_set=pt_set.replace(f"max_steps={cap}", f"max_steps={2 * cap}"))
+    assert [arg(c, "--run_num") for c in after if "eval.py" in c] == [arg(pt, "--run_num"),
+                                                                      "zeroshot"]
     assert trains(iters=cap // 2, stopped_early=True, capped_while_improving=False) == []
     assert trains(iters=2 * cap, stopped_early=False, capped_while_improving=True) == []
     # the same cap: a finished run is done however it ended

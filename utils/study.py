@@ -208,6 +208,7 @@ class Study:
         self.data_dir = self.preset.data[self.grid]
         self.csvs, self.zero_shot = [], []
         self.scratch_ran = {}    # {(family, size suffix): (n key, n values) of its scratch sweep}
+        self.trained = set()     # weights this run (re)trained: their evaluations are stale
 
     # ---------------------------------------------------------------------------------- #
     def call(self, cmd, env=None, skip_if=None):
@@ -305,9 +306,11 @@ class Study:
             extra = [a for kv in self.opt["pt_set"].split() + self.opt["extra_set"].split()
                      for a in ("--set", kv)]
             check_run_settings(layout.hyperparams, extra + list(sets))
-            if not pretraining_done(layout.train_summary, extra + list(sets)):
+            trains = not pretraining_done(layout.train_summary, extra + list(sets))
+            if trains:
                 self.call(self.launch + ["train.py", *common, *extra, *sets])
-            if not is_fresh(layout.eval_summary, layout.best_ckpt):
+                self.trained.add(layout.best_ckpt)
+            if trains or not is_fresh(layout.eval_summary, layout.best_ckpt):
                 self.call(self.python + ["eval.py", *common, "--weights", layout.best_ckpt,
                                          *sets])
         return layout.best_ckpt
@@ -316,7 +319,7 @@ class Study:
         """The pre-trained weights on `cfg`'s (downstream) test set."""
         zs = f"{self.opt['root']}/zeroshot/{name}"
         if not self.analyse_only:
-            if not is_fresh(os.path.join(zs, EVAL_SUMMARY), weights):
+            if weights in self.trained or not is_fresh(os.path.join(zs, EVAL_SUMMARY), weights):
                 self.call(self.python + ["eval.py", "--yaml_config", yaml, "--config", cfg,
                                          "--run_num", "zeroshot", "--root_dir", self.opt["root"],
                                          "--weights", weights, "--out_dir", zs, *sets])
