@@ -119,6 +119,12 @@ def step_caps(text):
     return caps
 
 
+def set_values(set_args):
+    """{key: value} of the `--set KEY=VALUE` pairs in the argument list `set_args` (the last
+    of a key wins, as in train.py)."""
+    return parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
+
+
 def check_run_settings(hyperparams_path, set_args):
     """A run already on disk (hyperparams.yaml) must have the settings of the `--set` pairs
     in `set_args` (the last of a key wins, as in train.py): the driver skips a finished run,
@@ -129,7 +135,7 @@ def check_run_settings(hyperparams_path, set_args):
     if not os.path.isfile(hyperparams_path):
         return
     have = read_yaml(hyperparams_path, what="run settings", error=UserError)
-    want = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
+    want = set_values(set_args)
     for key, value in want.items():
         if is_path_key(key):    # resolved when the run started
             continue
@@ -153,7 +159,7 @@ def pretraining_done(summary_path, set_args):
     summary = read_json(summary_path)
     if summary is None:
         return False
-    sets = parse_overrides([a for i, a in enumerate(set_args) if i and set_args[i - 1] == "--set"])
+    sets = set_values(set_args)
     cap = sets.get("max_steps")
     if isinstance(cap, bool) or not isinstance(cap, (int, type(None))):
         raise UserError(f"max_steps must be an integer, got {cap!r}")
