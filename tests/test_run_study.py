@@ -20,9 +20,11 @@ def test_study_driver_smoke_and_resume(tmp_path):
     src.mkdir()
     copy_study_code(src)
     root, out = tmp_path / "res", tmp_path / "out"
+    # EXTRA_SET's max_steps wins over the cpu preset's step caps (PT_SET, STUDY_SET), which
+    # would otherwise train every run to convergence (minutes even at 16 samples)
     env = {**os.environ, "WANDB_MODE": "disabled", "STUDY": "sizes", "SIZES": "2:4",
            "PT_SIZES": "16 8 8", "DOWN_SIZES": "16 8 8", "SEEDS": "0", "N_TRAIN": "4",
-           "LRS": "1e-3", "EXTEND_LR": "0", "EXTRA_SET": "max_epochs=1 min_steps=0",
+           "LRS": "1e-3", "EXTEND_LR": "0", "EXTRA_SET": "max_epochs=1 min_steps=0 max_steps=4",
            "JOBS": "2", "TARGETS": "0.5", "ROOT": str(root), "OUT": str(out)}
     _run(src, env)
 
