@@ -32,7 +32,7 @@
 # STEP_CAPS ("N:STEPS ...": the downstream step cap at those n_train, replacing STUDY_SET's
 # max_steps there; cpu "4096:60000", empty: none), PT_SET (key=value
 # overrides of the pre-training runs), EXTRA_SET (key=value overrides of EVERY training run,
-# e.g. "max_epochs=1" for a smoke test; it wins over STUDY_SET and PT_SET), TARGETS (target
+# e.g. "max_steps=4" for a smoke test; it wins over STUDY_SET and PT_SET), TARGETS (target
 # errors; the from-scratch sweep runs n upwards until its error reaches the smallest, the
 # fine-tuned one then runs the same n), OUT (figure and table
 # directory), PREFIX (output names; default per study), LAUNCHER (prefix of train.py), PYTHON,

@@ -86,9 +86,14 @@ def test_overrides_follow_run_study_variables(tmp_path, monkeypatch):
     assert resolve({"study": ""})["study"] == "headline"
     for bad, msg in [({"study": "q5"}, "STUDY must be"), ({"preset": "gpu"}, "PRESET must"),
                      ({"mixed_budgets": "steps days"}, "MIXED_BUDGETS must"),
-                     ({"roots": "x"}, "unknown study override")]:
+                     ({"roots": "x"}, "unknown study override"),
+                     ({"extra_set": "max_epochs=1"}, "EXTRA_SET max_epochs has no effect")]:
         with pytest.raises(UserError, match=msg):
             resolve(bad)
+    # with a step cap of its own, or without a step cap in the preset, max_epochs is used
+    resolve({"extra_set": "max_epochs=1 max_steps=4"})
+    resolve({"extra_set": "max_epochs=1", "preset": "paper"})
+    resolve({"extra_set": "max_epochs=1", "study_set": "", "pt_set": ""})
     sweep = next(c for c in dry_run(tmp_path, study="sizes", sizes="2:4", seeds="")
                  if "utils/sweeps.py" in c)
     assert "seed=0,1,2" not in sweep and "n_train=8,32,128,512,1024,2048,4096" in sweep

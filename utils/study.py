@@ -91,6 +91,14 @@ def resolve(overrides):
     if opt["lr_search"] not in LR_SEARCHES:
         raise UserError(f"LR_SEARCH must be {' or '.join(LR_SEARCHES)} (got "
                         f"'{opt['lr_search']}')")
+    # a step cap (max_steps) replaces max_epochs in the trainer: an EXTRA_SET max_epochs
+    # alone would be silently ignored by the runs that have one
+    extra = parse_overrides(opt["extra_set"].split())
+    if "max_epochs" in extra and "max_steps" not in extra and any(
+            parse_overrides(opt[k].split()).get("max_steps") for k in ("study_set", "pt_set")):
+        raise UserError("EXTRA_SET max_epochs has no effect on runs with a step cap (max_steps "
+                        "in STUDY_SET or PT_SET): give EXTRA_SET a max_steps too (max_steps=0: "
+                        "the epochs decide)")
     # the caps per n replace the step cap of the downstream budget at their n: without one
     # (a fixed-epoch STUDY_SET), with EXTRA_SET's (it wins over the study's budget) or
     # without an n_train range the preset's caps do not apply; caps asked for are an error
