@@ -99,6 +99,25 @@ def test_overrides_follow_run_study_variables(tmp_path, monkeypatch):
     assert "seed=0,1,2" not in sweep and "n_train=8,32,128,512,1024,2048,4096" in sweep
 
 
+@pytest.mark.parametrize("key,value,msg", [
+    ("shifts", "foo", "SHIFTS must be a list of LO,HI"), ("shifts", "10,5", "SHIFTS must"),
+    ("sizes", "2:x", "SIZES must"), ("sizes", "0:4", "SIZES must"), ("size1", "8", "SIZE1"),
+    ("targets", "abc", "TARGETS must"), ("targets", "-1", "TARGETS must"),
+    ("seeds", "0,a", "SEEDS must"), ("n_train", "8,,32", "N_TRAIN must"),
+    ("n_train", "-5", "N_TRAIN must"), ("subsamples", "0", "SUBSAMPLES must"),
+    ("jobs", "0", "JOBS must"), ("jobs", "2 3", "JOBS must"), ("lrs", "1e-3,nan", "LRS must"),
+    ("extend_lr", "-1", "EXTEND_LR must"), ("mixed_epochs", "x", "MIXED_EPOCHS must"),
+    ("pt_sizes", "16 8", "PT_SIZES must be three"), ("down_sizes", "a b c", "DOWN_SIZES"),
+    ("pt_set", "max_steps", "PT_SET: --set expects key=value"),
+    ("study_set", "lr=abc", "STUDY_SET: lr must be a number"),
+    ("extra_set", "foo=1", "unknown key 'foo' in EXTRA_SET")])
+def test_bad_study_variables_are_one_line_before_any_run(key, value, msg):
+    """Each variable in its format at resolve() (no command is issued): a bad value would
+    otherwise stop the study at the first step that reads it, after hours of runs."""
+    with pytest.raises(UserError, match=msg):
+        resolve({"study": "shifts", key: value})
+
+
 def test_question_4_two_budgets(tmp_path, monkeypatch):
     """Q4 as two entries: the mixed model at the steps of one single-PDE model (default,
     today's runs) and at the single-PDE epochs over the union (3x the steps)."""
@@ -121,7 +140,7 @@ def test_question_4_two_budgets(tmp_path, monkeypatch):
     assert mixed_training(fixed) == {"m8w16": "max_epochs=8", "m8w16_epochs": "max_epochs=24"}
     assert mixed_training(dry_run(tmp_path, study="mixed", pt_set="max_steps=500")) == {
         "m8w16": "max_steps=500"}
-    with pytest.raises(UserError, match="PT_SET max_steps must be an integer"):
+    with pytest.raises(UserError, match="PT_SET: max_steps must be an integer"):
         dry_run(tmp_path, study="mixed", pt_set="max_steps=lots")
     names = [arg(c, "--name") for c in both if "utils/sweeps.py" in c]
     assert "study_cpu_mixed_epochs_helm-o10_20_m8w16" in names
@@ -224,7 +243,7 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     cmds = dry_run(tmp_path, study="headline", pt_set="max_epochs=30 lr=1e-3",
-                   extra_set="max_epochs=1")
+                   extra_set="max_epochs=1 max_steps=0")
     sweeps = [c for c in cmds if "utils/sweeps.py" in c]
     assert [arg(c, "--tag") for c in sweeps] == ["approach=scratch", "approach=finetune"]
     assert arg(sweeps[0], "--stop_at_error") == "0.05" and "--stop_at_error" not in sweeps[1]
@@ -232,7 +251,7 @@ def test_scratch_ascent_first_and_fine_tuned_on_its_n(tmp_path, monkeypatch):
     assert "n_train=8,32,128,512,1024,2048,4096" in sweeps[1]
     # pre-training only: its own budget, then EXTRA_SET (wins)
     pt = next(c for c in cmds if "train.py" in c)
-    assert " ".join(pt).count("--set") == 3 and pt.index("max_epochs=30") < pt.index(
+    assert " ".join(pt).count("--set") == 4 and pt.index("max_epochs=30") < pt.index(
         "max_epochs=1")
     assert all("max_epochs=30" not in c for c in sweeps)
     # the analysis lists the fine-tuned curve first, as before

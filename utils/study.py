@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -30,8 +31,8 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.YParams import is_path_key, parse_overrides, read_yaml  # noqa: E402
-from utils.config_schema import param  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.config_schema import param, validate  # noqa: E402
+from utils.errors import ConfigError, UserError  # noqa: E402
 from utils.fileio import read_json  # noqa: E402
 from utils.h5io import dataset_path, range_tag, split_info  # noqa: E402
 from utils.lr_search import LR_SEARCHES, ran_n  # noqa: E402
@@ -91,6 +92,7 @@ def resolve(overrides):
     if opt["lr_search"] not in LR_SEARCHES:
         raise UserError(f"LR_SEARCH must be {' or '.join(LR_SEARCHES)} (got "
                         f"'{opt['lr_search']}')")
+    check_formats(opt)
     # a step cap (max_steps) replaces max_epochs in the trainer: an EXTRA_SET max_epochs
     # alone would be silently ignored by the runs that have one
     extra = parse_overrides(opt["extra_set"].split())
@@ -113,6 +115,71 @@ def resolve(overrides):
                             "N_TRAIN range")
         opt["step_caps"] = ""
     return opt
+
+
+def _positive_int(text):
+    return int(text) >= 1
+
+
+def _finite_positive(text):
+    return 0 < float(text) < math.inf
+
+
+def _size(text):
+    """'M:W' with positive integers (mode_cut:embed_cut) or 'default'."""
+    m, colon, w = text.partition(":")
+    return text == "default" or (colon and _positive_int(m) and _positive_int(w))
+
+
+def _range(text):
+    """'LO,HI' with 0 < LO < HI (a coefficient range)."""
+    lo, hi = map(float, text.split(","))
+    return 0 < lo < hi < math.inf
+
+
+# variable -> (separator: "," a comma list, None whitespace, "one" a single value; check of
+# one item (raises ValueError or returns False when bad); what it must be; may be empty)
+FORMATS = {
+    "jobs": ("one", _positive_int, "a positive integer", False),
+    "extend_lr": ("one", lambda t: int(t) >= 0, "an integer >= 0", True),
+    "mixed_epochs": ("one", _positive_int, "a positive integer", False),
+    "lrs": (",", _finite_positive, "a comma list of positive numbers", False),
+    "seeds": (",", lambda t: int(t) >= 0, "a comma list of integers >= 0", True),
+    "n_train": (",", _positive_int, "a comma list of positive integers", True),
+    "subsamples": (",", _positive_int, "a comma list of positive integers", True),
+    "targets": (None, _finite_positive, "a list of positive errors", True),
+    "shifts": (None, _range, "a list of LO,HI ranges with 0 < LO < HI", False),
+    "sizes": (None, _size, "a list of M:W pairs of positive integers (mode_cut:embed_cut)",
+              False),
+    "size1": ("one", _size, "one M:W pair of positive integers (mode_cut:embed_cut)", False),
+    "pt_sizes": (None, _positive_int, "three positive integers (train val test)", True),
+    "down_sizes": (None, _positive_int, "three positive integers (train val test)", True),
+}
+
+
+def check_formats(opt):
+    """Every study variable in its format, before anything runs: a bad value would otherwise
+    stop the study hours later, at the first step that reads it. UserError naming the
+    variable (run_study.sh's name)."""
+    for key, (sep, ok, what, may_be_empty) in FORMATS.items():
+        text = opt[key].strip()
+        if not text and (may_be_empty or key == "sizes"):   # sizes: '' for one-size questions
+            continue
+        items = [text] if sep == "one" else text.split(sep)
+        try:
+            good = all(ok(item.strip()) for item in items)
+        except ValueError:
+            good = False
+        if good and key in ("pt_sizes", "down_sizes"):
+            good = len(items) == 3
+        if not good:
+            raise UserError(f"{OVERRIDES[key][0]} must be {what} (got '{opt[key]}')")
+    for key in ("study_set", "pt_set", "extra_set"):
+        try:
+            validate(parse_overrides(opt[key].split()), OVERRIDES[key][0])
+        except ConfigError as e:
+            name = OVERRIDES[key][0]
+            raise UserError(str(e) if name in str(e) else f"{name}: {e}") from None
 
 
 def step_caps(text):
