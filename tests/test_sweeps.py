@@ -120,7 +120,7 @@ def evaluate():   # the test evaluation: eval.py, or train.py --eval_test after 
 
 
 if os.path.basename(sys.argv[0]) == "train.py":
-    assert isinstance(s["lr"], float) and s["epochs"] == 2 and a.eval_test
+    assert isinstance(s["lr"], float) and s["max_epochs"] == 2 and a.eval_test
     os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
     open(os.path.join(run, "checkpoints", "ckpt_best.tar"), "w").write("w")
     json.dump({"n_train": 64 // s["subsample"], "best_val_rel_l2": s["lr"] * s["subsample"],
@@ -163,7 +163,7 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
 
     def make(jobs=1):
-        return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=2"],
+        return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["max_epochs=2"],
                           tags=["approach=scratch"], jobs=jobs, repo_root=str(fake_repo),
                           trial_mode="process")
 
@@ -201,7 +201,7 @@ def test_local_runner_resumes(fake_repo, tmp_path, monkeypatch):
     assert len(_calls(root)) == n_before + 2
     # other fixed settings would silently reuse these trials: refused, nothing run
     with pytest.raises(SweepError, match="was run with config 'base' and --set"):
-        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["epochs=3"],
+        LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root, sets=["max_epochs=3"],
                    repo_root=str(fake_repo)).run()
     assert len(_calls(root)) == n_before + 2
 
@@ -218,7 +218,7 @@ def test_changed_pretrained_weights_are_refused(fake_repo, tmp_path):
 
     def run():
         return LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", root,
-                          sets=["epochs=2", f"pretrained={weights}"],
+                          sets=["max_epochs=2", f"pretrained={weights}"],
                           repo_root=str(fake_repo), trial_mode="process").run()
 
     assert run()[1] == []
@@ -261,6 +261,16 @@ def test_local_runner_user_errors(fake_repo, tmp_path, monkeypatch):
         LocalSweep(cfg_random, str(fake_repo / "ops.yaml"), "base", str(tmp_path), count=2,
                    repo_root=str(fake_repo)).run()
     assert not os.path.exists(tmp_path / "sweeps" / "t" / "calls.log")
+    # every value a trial can get is checked like a train.py --set before any trial starts
+    # (one line, not one failed trial per grid point)
+    for values, sets, msg in [(["lr=1e-3,abc"], [], "lr must be a number, got 'abc'"),
+                              (["subsample=0"], [], "subsample must be >= 1"),
+                              ([], ["foo=1"], "unknown key 'foo' in --set")]:
+        with pytest.raises(SweepError, match=msg):
+            fresh = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
+            LocalSweep(sweeps.override_values(fresh, values), str(fake_repo / "ops.yaml"), "base",
+                       str(tmp_path / "v"), sets=sets, repo_root=str(fake_repo))
+    assert not os.path.exists(tmp_path / "v")
     with pytest.raises(SweepError, match="not a parameter"):
         sweeps.override_values(cfg, ["epochs="])
     with pytest.raises(SweepError, match="expects KEY="):
@@ -559,7 +569,7 @@ def test_runner_never_starts_a_second_trainer_on_a_busy_trial(fake_repo, tmp_pat
 
     cfg = sweeps.load_sweep(str(fake_repo / "sweep.yaml"))
     sweep = LocalSweep(cfg, str(fake_repo / "ops.yaml"), "base", str(tmp_path / "res"),
-                       sets=["epochs=2"], repo_root=str(fake_repo), trial_mode="process")
+                       sets=["max_epochs=2"], repo_root=str(fake_repo), trial_mode="process")
     monkeypatch.setattr(sweeps, "ORPHAN_WAIT_S", 0.3)
     with DirLock(sweep.run_dir("lr1em4_s1")):
         path, failed = sweep.run()

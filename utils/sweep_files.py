@@ -301,6 +301,26 @@ def record_trial_summary(summary):
                                   if isinstance(v, (int, float, str))})
 
 
+def check_values(cfg, sets):
+    """The sweep's fixed `--set` pairs and every value its parameters can take (`values`,
+    `value`, a distribution's `min` / `max`), checked like a train.py --set
+    (utils/config_schema.py): a mistake is one SweepError line before any trial starts, not
+    one failed trial per grid point."""
+    from utils.config_schema import validate
+    from utils.errors import ConfigError
+
+    try:
+        validate(parse_overrides(sets), "--set")
+        for key, spec in cfg["parameters"].items():
+            spec = spec if isinstance(spec, dict) else {}
+            values = list(spec.get("values") or []) + [spec[k] for k in ("value", "min", "max")
+                                                      if k in spec]
+            for value in values:
+                validate({key: value}, "the sweep's parameters")
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+
 def check_set_for(cfg, pairs):
     """The `--set_for` pairs (`PARAM=VALUE`, `KEY=VALUE`) of grid sweep `cfg`, checked ->
     [(param, value, key, setting)]. PARAM must be a swept parameter other than the lr and the

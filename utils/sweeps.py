@@ -76,8 +76,9 @@ from utils.run_guard import DirLock, child_of_this_process, file_lock  # noqa: E
 from utils.run_layout import RunLayout, sweep_dir  # noqa: E402
 # the sweep-file functions scripts and tests also use from here (`sweeps.load_sweep`, ...)
 from utils.sweep_files import (LR_KEY, REPEAT_KEYS, absolute_path_sets,  # noqa: E402
-                               check_set_for, expand_grid, load_sweep, override_values,
-                               propose_trials, trial_name, with_set_for, yaml_text)
+                               check_set_for, check_values, expand_grid, load_sweep,
+                               override_values, propose_trials, trial_name, with_set_for,
+                               yaml_text)
 from utils.sweep_workers import WorkerPool  # noqa: E402
 from utils.YParams import parse_overrides, read_yaml  # noqa: E402
 
@@ -171,6 +172,7 @@ class LocalSweep:
         clash = swept & {k for k, _ in (s.partition("=")[::2] for s in self.sets)}
         if clash:
             raise SweepError(f"--set {sorted(clash)} clashes with the sweep's own parameters")
+        check_values(cfg, self.sets)
         self.set_for = check_set_for(cfg, set_for)
         self._check_config()
         # reentrant: `stop` runs as a signal handler, maybe in the thread that holds it
