@@ -271,6 +271,12 @@ def test_local_runner_user_errors(fake_repo, tmp_path, monkeypatch):
             LocalSweep(sweeps.override_values(fresh, values), str(fake_repo / "ops.yaml"), "base",
                        str(tmp_path / "v"), sets=sets, repo_root=str(fake_repo))
     assert not os.path.exists(tmp_path / "v")
+    # W&B's log_uniform bounds are exponents (e^-11.5 .. e^-4), its _values bounds values
+    sweeps.check_values({"parameters": {"lr": {"distribution": "log_uniform", "min": -11.5,
+                                               "max": -4}}}, [])
+    with pytest.raises(SweepError, match="lr must be >= 0"):
+        sweeps.check_values({"parameters": {"lr": {"distribution": "log_uniform_values",
+                                                   "min": -1, "max": 1e-3}}}, [])
     with pytest.raises(SweepError, match="not a parameter"):
         sweeps.override_values(cfg, ["epochs="])
     with pytest.raises(SweepError, match="expects KEY="):

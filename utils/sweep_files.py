@@ -313,7 +313,11 @@ def check_values(cfg, sets):
         validate(parse_overrides(sets), "--set")
         for key, spec in cfg["parameters"].items():
             spec = spec if isinstance(spec, dict) else {}
-            values = list(spec.get("values") or []) + [spec[k] for k in ("value", "min", "max")
+            # W&B's log_uniform / q_log_uniform / inv_log_uniform take min and max as
+            # exponents, not values of the key
+            bounds = () if "log_uniform" in str(spec.get("distribution", "")).replace(
+                "log_uniform_values", "") else ("min", "max")
+            values = list(spec.get("values") or []) + [spec[k] for k in ("value", *bounds)
                                                       if k in spec]
             for value in values:
                 validate({key: value}, "the sweep's parameters")
