@@ -92,12 +92,12 @@ def resolve(overrides):
     if opt["lr_search"] not in LR_SEARCHES:
         raise UserError(f"LR_SEARCH must be {' or '.join(LR_SEARCHES)} (got "
                         f"'{opt['lr_search']}')")
-    check_formats(opt)
+    sets = check_formats(opt)
     # a step cap (max_steps) replaces max_epochs in the trainer: an EXTRA_SET max_epochs
     # alone would be silently ignored by the runs that have one
-    extra = parse_overrides(opt["extra_set"].split())
+    extra = sets["extra_set"]
     if "max_epochs" in extra and "max_steps" not in extra and any(
-            parse_overrides(opt[k].split()).get("max_steps") for k in ("study_set", "pt_set")):
+            sets[k].get("max_steps") for k in ("study_set", "pt_set")):
         raise UserError("EXTRA_SET max_epochs has no effect on runs with a step cap (max_steps "
                         "in STUDY_SET or PT_SET): give EXTRA_SET a max_steps too (max_steps=0: "
                         "the epochs decide)")
@@ -105,9 +105,7 @@ def resolve(overrides):
     # (a fixed-epoch STUDY_SET), with EXTRA_SET's (it wins over the study's budget) or
     # without an n_train range the preset's caps do not apply; caps asked for are an error
     caps = step_caps(opt["step_caps"])
-    capped = (parse_overrides(opt["study_set"].split()).get("max_steps")
-              and "max_steps" not in parse_overrides(opt["extra_set"].split())
-              and opt["n_train"])
+    capped = sets["study_set"].get("max_steps") and "max_steps" not in extra and opt["n_train"]
     if caps and not capped:
         if "step_caps" in given:
             raise UserError("STEP_CAPS replaces the step cap (max_steps) of STUDY_SET at "
@@ -160,7 +158,8 @@ FORMATS = {
 def check_formats(opt):
     """Every study variable in its format, before anything runs: a bad value would otherwise
     stop the study hours later, at the first step that reads it. UserError naming the
-    variable (run_study.sh's name)."""
+    variable (run_study.sh's name). Returns the checked `--set` pairs of STUDY_SET, PT_SET
+    and EXTRA_SET as {variable key: {key: value}}."""
     for key, (sep, ok, what, may_be_empty) in FORMATS.items():
         text = opt[key].strip()
         if not text and (may_be_empty or key == "sizes"):   # sizes: '' for one-size questions
@@ -174,12 +173,14 @@ def check_formats(opt):
             good = len(items) == 3
         if not good:
             raise UserError(f"{OVERRIDES[key][0]} must be {what} (got '{opt[key]}')")
+    sets = {}
     for key in ("study_set", "pt_set", "extra_set"):
         try:
-            validate(parse_overrides(opt[key].split()), OVERRIDES[key][0])
+            sets[key] = validate(parse_overrides(opt[key].split()), OVERRIDES[key][0])
         except ConfigError as e:
             name = OVERRIDES[key][0]
             raise UserError(str(e) if name in str(e) else f"{name}: {e}") from None
+    return sets
 
 
 def step_caps(text):

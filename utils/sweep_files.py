@@ -301,6 +301,9 @@ def record_trial_summary(summary):
                                   if isinstance(v, (int, float, str))})
 
 
+LOG_SPACE_BOUNDS = ("log_uniform", "q_log_uniform", "inv_log_uniform")
+
+
 def check_values(cfg, sets):
     """The sweep's fixed `--set` pairs and every value its parameters can take (`values`,
     `value`, a distribution's `min` / `max`), checked like a train.py --set
@@ -314,9 +317,8 @@ def check_values(cfg, sets):
         for key, spec in cfg["parameters"].items():
             spec = spec if isinstance(spec, dict) else {}
             # W&B's log_uniform / q_log_uniform / inv_log_uniform take min and max as
-            # exponents, not values of the key
-            bounds = () if "log_uniform" in str(spec.get("distribution", "")).replace(
-                "log_uniform_values", "") else ("min", "max")
+            # exponents, not values of the key (their *_values forms take values)
+            bounds = () if spec.get("distribution") in LOG_SPACE_BOUNDS else ("min", "max")
             values = list(spec.get("values") or []) + [spec[k] for k in ("value", *bounds)
                                                       if k in spec]
             for value in values:
